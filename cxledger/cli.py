@@ -1,0 +1,261 @@
+"""The ``cxledger`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+from cxledger.config import ConfigError, Settings, load_settings
+from cxledger.logs import configure_logging
+
+log = structlog.get_logger("cxledger")
+
+NO_KAFKA = ("no Kafka configured: set CXLEDGER_KAFKA_BOOTSTRAP (or [kafka] bootstrap in the "
+            "config file), start a local broker with `cxledger broker` and export the bootstrap "
+            "it prints, or use `cxledger demo`, which starts everything itself")
+
+
+def _need_kafka(settings: Settings) -> None:
+    if not settings.kafka_bootstrap:
+        raise SystemExit(f"cxledger: {NO_KAFKA}")
+
+
+def cmd_demo(args, settings: Settings) -> int:
+    from cxledger.demo import run_demo
+
+    if args.store:
+        settings = settings.with_(store=Path(args.store))
+    return run_demo(settings, events=args.events, input_file=Path(args.input) if args.input else None,
+                    seed=args.seed, keep=args.keep)
+
+
+def cmd_publish(args, settings: Settings) -> int:
+    from producers.ingest import IngestError, publish_file
+    from producers.sdk import LedgerProducer
+
+    _need_kafka(settings)
+    status = 0
+    with LedgerProducer(settings) as producer:
+        for name in args.files:
+            try:
+                summary = publish_file(Path(name), producer, event_type=args.event_type,
+                                       rejects_path=Path(args.rejects) if args.rejects else None,
+                                       show_progress=not args.no_progress,
+                                       on_reject=lambda r: print(r, file=sys.stderr))
+            except IngestError as exc:
+                print(f"cxledger: {exc}", file=sys.stderr)
+                return 2
+            print(f"{name}: {summary.published} published, {len(summary.rejected)} rejected"
+                  + (f" (written to {summary.rejects_file})" if summary.rejected else ""))
+            status = status or (1 if summary.rejected else 0)
+    return status
+
+
+def cmd_simulate(args, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from producers.simulator import simulate, simulate_live
+
+    live = args.rate is not None
+    if live and not args.duration:
+        raise SystemExit("cxledger: --rate needs --duration SECONDS")
+    events = (simulate_live(args.rate, args.duration, seed=args.seed) if live
+              else simulate(args.events, seed=args.seed))
+    total = int(args.rate * args.duration) if live else args.events
+    bar = tqdm(total=total, unit="ev", desc="simulating", leave=False)
+    started = time.monotonic()
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            for n, event in enumerate(events, 1):
+                fh.write(json.dumps(event, ensure_ascii=False) + "\n")
+                bar.update()
+        bar.close()
+        print(f"{bar.n} events written to {args.out}")
+        return 0
+    from producers.sdk import LedgerProducer
+
+    _need_kafka(settings)
+    with LedgerProducer(settings) as producer:
+        for n, event in enumerate(events, 1):
+            producer.publish(event)
+            bar.update()
+            if live:  # pace to the requested rate
+                ahead = n / args.rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+    bar.close()
+    print(f"{bar.n} events published to {settings.topics.ledger}")
+    return 0
+
+
+def cmd_topics(args, settings: Settings) -> int:
+    from cxledger.topics import create_topics
+
+    _need_kafka(settings)
+    for topic, state in create_topics(settings).items():
+        print(f"{topic}: {state}")
+    return 0
+
+
+def cmd_schemas(args, settings: Settings) -> int:
+    from schemas.catalogue import load_catalogue
+    from schemas.compatibility import check_backward_transitive
+
+    catalogue = load_catalogue()
+    if args.action == "check":
+        problems = check_backward_transitive(catalogue)
+        for p in problems:
+            print(p, file=sys.stderr)
+        print(f"{len(catalogue.event_types)} event types, "
+              f"{sum(len(v) for v in catalogue.versions.values())} versions, "
+              f"{len(problems)} incompatibilities")
+        return 1 if problems else 0
+    if not settings.schema_registry_url:
+        raise SystemExit("cxledger: set CXLEDGER_SCHEMA_REGISTRY_URL to the registry to register "
+                         "with (without one, ids come from schemas/ids.json and need no "
+                         "registration)")
+    from schemas.registry import register_all, registry_client
+
+    client = registry_client(settings.schema_registry_url, settings.schema_registry_auth)
+    for subject, ids in register_all(client, catalogue).items():
+        print(f"{subject}: ids {ids}")
+    return 0
+
+
+def cmd_sql(args, settings: Settings) -> int:
+    from sinks.clickhouse import StoreError, connect
+
+    dsn = args.dsn or (f"chdb://{Path(args.store).resolve()}" if args.store else settings.dsn)
+    if dsn.startswith("chdb://") and not Path(dsn.removeprefix("chdb://")).exists():
+        raise SystemExit(f"cxledger: no store at {dsn.removeprefix('chdb://')}; run `cxledger "
+                         "demo` first or pass --store/--dsn")
+    fmt = {"table": "PrettyCompactMonoBlock", "csv": "CSVWithNames", "json": "JSONEachRow"}[args.format]
+    try:
+        client = connect(dsn)
+        out = client.raw_query(args.query, fmt=fmt,
+                               settings={"output_format_pretty_row_numbers": 0})
+    except StoreError as exc:
+        raise SystemExit(f"cxledger: {exc}")
+    except Exception as exc:
+        raise SystemExit(f"cxledger: query failed: {str(exc).strip()}")
+    sys.stdout.write(out.decode())
+    return 0
+
+
+def cmd_sink(args, settings: Settings) -> int:
+    from cxledger.pipeline import Pipeline
+
+    _need_kafka(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with Pipeline(settings) as pipe:
+        pipe.start_sinks()
+        print(f"sinks running into {settings.dsn}; Ctrl-C to stop", file=sys.stderr)
+        try:
+            while not stop.is_set():
+                stop.wait(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_broker(args, settings: Settings) -> int:
+    from cxledger.localstack import LocalBroker
+
+    broker = LocalBroker(port=args.port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with broker as bootstrap:
+        from cxledger.topics import create_topics
+
+        create_topics(settings.with_(kafka_bootstrap=bootstrap))
+        print(f"export CXLEDGER_KAFKA_BOOTSTRAP={bootstrap}", flush=True)
+        try:
+            while not stop.is_set():
+                stop.wait(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxledger", description=__doc__)
+    parser.add_argument("--config", help="TOML settings file (also CXLEDGER_CONFIG)")
+    parser.add_argument("--log-format", choices=["console", "json"])
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run the whole pipeline locally on simulated traffic or a file")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--events", type=int, default=50_000, help="simulated events (default 50000)")
+    src.add_argument("--input", metavar="FILE", help="publish this .jsonl/.csv file instead")
+    p.add_argument("--store", help="embedded store directory (default .cxledger/store)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--keep", action="store_true", help="add to an existing store instead of "
+                   "starting empty")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("publish", help="publish JSON Lines or CSV files to the ledger")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--event-type", help="event type of a CSV without an event_type column")
+    p.add_argument("--rejects", help="where to write rejected lines (default FILE.rejects)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("simulate", help="generate realistic traffic (to Kafka or a file)")
+    p.add_argument("--events", type=int, default=50_000)
+    p.add_argument("--rate", type=float, help="events per second (live mode, with --duration)")
+    p.add_argument("--duration", type=float, help="seconds of live traffic")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", help="write JSON Lines here instead of publishing")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("topics", help="manage topics")
+    p.add_argument("action", choices=["create"])
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("schemas", help="check schema compatibility or register with a registry")
+    p.add_argument("action", choices=["check", "register"])
+    p.set_defaults(func=cmd_schemas)
+
+    p = sub.add_parser("sql", help="query the store")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--store", help="embedded store directory")
+    where.add_argument("--dsn", help="ClickHouse DSN, e.g. http://user:pass@host:8123/cx")
+    p.add_argument("query")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("sink", help="run the ClickHouse sinks against the configured Kafka")
+    p.set_defaults(func=cmd_sink)
+
+    p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_broker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"cxledger: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_format or settings.log_format, args.log_level or settings.log_level)
+    try:
+        return args.func(args, settings)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

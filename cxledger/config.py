@@ -1,0 +1,152 @@
+"""Settings: built once from a TOML file and the environment, then passed down as data.
+
+Nothing below the CLI reads environment variables. Precedence: defaults < config file
+(``--config`` or ``CXLEDGER_CONFIG``) < environment variables < command-line flags.
+
+Environment variables:
+  CXLEDGER_KAFKA_BOOTSTRAP          Kafka bootstrap servers; unset = start the local broker
+  CXLEDGER_KAFKA_SECURITY_PROTOCOL  passed to librdkafka as security.protocol (e.g. SASL_SSL)
+  CXLEDGER_KAFKA_SASL_MECHANISM     sasl.mechanism        CXLEDGER_KAFKA_SASL_USERNAME  sasl.username
+  CXLEDGER_KAFKA_SASL_PASSWORD      sasl.password         CXLEDGER_KAFKA_SSL_CA_LOCATION ssl.ca.location
+  CXLEDGER_SCHEMA_REGISTRY_URL      Confluent-compatible registry; unset = ids from schemas/ids.json
+  CXLEDGER_SCHEMA_REGISTRY_AUTH     user:password for the registry
+  CXLEDGER_CLICKHOUSE_DSN           e.g. http://user:pass@host:8123/cx; unset = chdb:///<store>
+  CXLEDGER_STORE                    directory of the embedded store (default ./.cxledger/store)
+  CXLEDGER_LEDGER_PARTITIONS        partitions of the ledger topic (default 6)
+  CXLEDGER_RULES                    path of a rules file (default: the shipped rules)
+  CXLEDGER_LOG_FORMAT               console | json (default: console on a terminal, else json)
+  CXLEDGER_LOG_LEVEL                debug | info | warning | error
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+# Derived event type -> topic key in Topics.derived.
+DERIVED_TOPIC_OF = {
+    "satisfaction.scored": "satisfaction_scores",
+    "satisfaction.window_updated": "satisfaction_windows",
+    "complaint.sla_breached": "complaint_breaches",
+    "churn.risk_changed": "churn_risk",
+    "tier.change_proposed": "tier_changes",
+    "tier.changed": "tier_changes",
+}
+
+
+@dataclass(frozen=True)
+class Topics:
+    ledger: str = "cx.ledger"
+    deadletter: str = "cx.deadletter"
+    partitions: int = 6
+    replication_factor: int = 1
+    derived: Mapping[str, str] = field(default_factory=lambda: {
+        "satisfaction_scores": "cx.satisfaction.scores",
+        "satisfaction_windows": "cx.satisfaction.windows",
+        "complaint_breaches": "cx.complaint.breaches",
+        "churn_risk": "cx.churn.risk",
+        "tier_changes": "cx.tier.changes",
+    })
+
+    def for_derived(self, event_type: str) -> str:
+        return self.derived[DERIVED_TOPIC_OF[event_type]]
+
+    @property
+    def all_topics(self) -> list[str]:
+        return [self.ledger, *dict.fromkeys(self.derived.values()), self.deadletter]
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str | None = None
+    kafka_client: Mapping[str, str] = field(default_factory=dict)
+    schema_registry_url: str | None = None
+    schema_registry_auth: str | None = None
+    clickhouse_dsn: str | None = None
+    store: Path = Path(".cxledger/store")
+    topics: Topics = field(default_factory=Topics)
+    rules_path: Path | None = None
+    log_format: str | None = None
+    log_level: str = "info"
+    sink_batch_rows: int = 20_000
+    sink_batch_seconds: float = 0.5
+
+    @property
+    def dsn(self) -> str:
+        """The ClickHouse to talk to: a server DSN, or the embedded store directory."""
+        return self.clickhouse_dsn or f"chdb://{self.store.resolve()}"
+
+    @property
+    def embedded_store(self) -> bool:
+        return self.clickhouse_dsn is None
+
+    def kafka_conf(self, **extra: Any) -> dict[str, Any]:
+        """librdkafka configuration: bootstrap, pass-through security settings, then extras."""
+        if not self.kafka_bootstrap:
+            raise RuntimeError("no Kafka bootstrap configured: start the local stack first "
+                               "or set CXLEDGER_KAFKA_BOOTSTRAP")
+        return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka_client, **extra}
+
+    def with_(self, **changes: Any) -> "Settings":
+        return replace(self, **changes)
+
+
+_KAFKA_ENV = {
+    "CXLEDGER_KAFKA_SECURITY_PROTOCOL": "security.protocol",
+    "CXLEDGER_KAFKA_SASL_MECHANISM": "sasl.mechanism",
+    "CXLEDGER_KAFKA_SASL_USERNAME": "sasl.username",
+    "CXLEDGER_KAFKA_SASL_PASSWORD": "sasl.password",
+    "CXLEDGER_KAFKA_SSL_CA_LOCATION": "ssl.ca.location",
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_settings(config_file: str | Path | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from defaults, then the TOML file, then the environment."""
+    env = os.environ if environ is None else environ
+    path = config_file or env.get("CXLEDGER_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    kafka = data.get("kafka", {})
+    topics_data = dict(data.get("topics", {}))
+    derived = {**Topics().derived, **topics_data.pop("derived", {})}
+    try:
+        topics = Topics(**topics_data, derived=derived)
+    except TypeError as exc:
+        raise ConfigError(f"{path}: [topics]: {exc}") from None
+    if env.get("CXLEDGER_LEDGER_PARTITIONS"):
+        topics = replace(topics, partitions=int(env["CXLEDGER_LEDGER_PARTITIONS"]))
+    client = {str(k): str(v) for k, v in kafka.get("client", {}).items()}
+    client.update({key: env[name] for name, key in _KAFKA_ENV.items() if env.get(name)})
+    registry = data.get("schema_registry", {})
+    clickhouse = data.get("clickhouse", {})
+    sink = data.get("sink", {})
+    logs = data.get("log", {})
+    rules = env.get("CXLEDGER_RULES") or data.get("rules", {}).get("path")
+    return Settings(
+        kafka_bootstrap=env.get("CXLEDGER_KAFKA_BOOTSTRAP") or kafka.get("bootstrap"),
+        kafka_client=client,
+        schema_registry_url=env.get("CXLEDGER_SCHEMA_REGISTRY_URL") or registry.get("url"),
+        schema_registry_auth=env.get("CXLEDGER_SCHEMA_REGISTRY_AUTH") or registry.get("auth"),
+        clickhouse_dsn=env.get("CXLEDGER_CLICKHOUSE_DSN") or clickhouse.get("dsn"),
+        store=Path(env.get("CXLEDGER_STORE") or clickhouse.get("store") or ".cxledger/store"),
+        topics=topics,
+        rules_path=Path(rules) if rules else None,
+        log_format=env.get("CXLEDGER_LOG_FORMAT") or logs.get("format"),
+        log_level=env.get("CXLEDGER_LOG_LEVEL") or logs.get("level", "info"),
+        sink_batch_rows=int(sink.get("batch_rows", 20_000)),
+        sink_batch_seconds=float(sink.get("batch_seconds", 0.5)),
+    )

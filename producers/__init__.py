@@ -1,0 +1,5 @@
+"""Ways into the ledger: the producer SDK, file ingest, the HTTP gateway and the simulator."""
+
+from producers.sdk import DeliveryError, LedgerProducer
+
+__all__ = ["DeliveryError", "LedgerProducer"]

@@ -1,0 +1,1 @@
+"""Sinks: the ClickHouse tables, the ledger and derived sinks, views and replay."""

@@ -1,0 +1,56 @@
+"""Talk to "a ClickHouse" through clickhouse-connect's one Client API.
+
+The DSN decides what is underneath: ``chdb:///dir`` (embedded chDB, the single-machine default)
+or ``http(s)://user:pass@host:8123/db`` (a server or cluster). Nothing else branches on it.
+One process owns a chDB directory at a time: anything that reads while the pipeline writes must
+go through the process that holds the client.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+DDL_FILES = ("ledger.sql", "derived.sql", "views.sql")
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def connect(dsn: str) -> Client:
+    if dsn.startswith("chdb://") and not dsn.startswith("chdb://memory"):
+        Path(dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+    try:
+        return clickhouse_connect.get_client(dsn=dsn)
+    except Exception as exc:
+        if "Cannot lock file" in str(exc):
+            raise StoreError(f"the store {dsn} is in use by another process (one process owns a "
+                             "chDB directory); stop it, or query through it") from exc
+        if "already initialized with path" in str(exc):
+            raise StoreError(f"this process already has another embedded store open; chDB opens "
+                             f"one directory per process (wanted {dsn})") from exc
+        raise StoreError(f"cannot connect to ClickHouse at {dsn}: {exc}") from exc
+
+
+def statements(sql: str) -> list[str]:
+    """Split a DDL file into statements (no semicolons inside our string literals)."""
+    sql = re.sub(r"--[^\n]*", "", sql)
+    return [s.strip() for s in sql.split(";") if s.strip()]
+
+
+def ddl_text(name: str) -> str:
+    return resources.files("sinks").joinpath("sql", name).read_text(encoding="utf-8")
+
+
+def create_tables(client: Client, files: tuple[str, ...] = DDL_FILES) -> None:
+    """Create every table and view (idempotent)."""
+    for name in files:
+        if not resources.files("sinks").joinpath("sql", name).is_file():
+            continue
+        for statement in statements(ddl_text(name)):
+            client.command(statement)

@@ -1,0 +1,129 @@
+"""Real broker -> ledger sink -> real ClickHouse engine (chDB)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from confluent_kafka import Producer
+
+from producers.sdk import LedgerProducer
+from schemas.jsonform import to_json_form
+from schemas.validation import normalize_event
+from sinks.ledger_sink import ledger_sink
+
+from tests.integration.ledger_helpers import drain, read_topic
+from tests.unit.events import billing, contact, envelope, survey
+
+pytestmark = pytest.mark.integration
+
+
+def make_events(prefix: str, n: int) -> list[dict]:
+    makers = [contact, survey, billing,
+              lambda **kw: envelope("complaint.filed", complaint_id=f"{prefix}-cp",
+                                    category="logistics", severity="urgent", **kw)]
+    events = []
+    for i in range(n):
+        ts = 1_741_000_000_000 + i * 1_000
+        events.append(makers[i % len(makers)](customer_id=f"{prefix}-{i % 37}", occurred_at=ts))
+    return events
+
+
+def test_published_events_arrive_in_clickhouse_exactly(settings, clickhouse):
+    prefix = f"c{uuid.uuid4().hex[:6]}"
+    events = make_events(prefix, 2_000)
+    with LedgerProducer(settings) as producer:
+        rejected = producer.publish_many(events)
+    assert rejected == []
+    sink = ledger_sink(settings, clickhouse, batch_rows=700)
+    try:
+        drain(sink, producer.positions)
+    finally:
+        sink.close()
+    rows = clickhouse.query(
+        "SELECT toString(event_id), event_type, toUnixTimestamp64Milli(occurred_at), customer_id,"
+        " channel, city, agent_id, payload, schema_id, kafka_partition FROM ledger"
+        " WHERE customer_id LIKE {p:String}", parameters={"p": f"{prefix}-%"}).result_rows
+    assert len(rows) == len(events)
+    expected = {e["event_id"]: normalize_event(e) for e in events}
+    for event_id, event_type, occurred_ms, customer, channel, city, agent, payload, sid, part in rows:
+        record = expected.pop(event_id)
+        assert (event_type, occurred_ms, customer, channel, city, agent) == (
+            record["event_type"], record["occurred_at"], record["customer_id"],
+            record["channel"], record["city"], record["agent_id"])
+        assert json.loads(payload) == json.loads(json.dumps(to_json_form(record)))
+        assert sid > 0 and 0 <= part < settings.topics.partitions
+    assert expected == {}
+    # one customer's events are on one partition, in order
+    per_customer = clickhouse.query(
+        "SELECT customer_id, uniqExact(kafka_partition),"
+        " arraySort(x -> x.1, groupArray((kafka_offset, occurred_at))) AS seq"
+        " FROM ledger WHERE customer_id LIKE {p:String} GROUP BY customer_id",
+        parameters={"p": f"{prefix}-%"}).result_rows
+    for _, partitions, seq in per_customer:
+        assert partitions == 1
+        times = [t for _, t in seq]
+        assert times == sorted(times)
+
+
+class CrashBeforeCommit(Exception):
+    pass
+
+
+def test_a_redelivered_batch_does_not_duplicate_rows(settings, clickhouse):
+    prefix = f"c{uuid.uuid4().hex[:6]}"
+    events = make_events(prefix, 600)
+    with LedgerProducer(settings) as producer:
+        producer.publish_many(events)
+    published = producer.positions
+
+    crashing = ledger_sink(settings, clickhouse, batch_rows=10_000, batch_seconds=3.0)
+
+    def crash(offsets):
+        raise CrashBeforeCommit()
+
+    crashing._commit = crash  # the process dies after ClickHouse accepted the batch
+    with pytest.raises(CrashBeforeCommit):
+        drain(crashing, published)
+    crashing.consumer.close()
+    count = "SELECT count() FROM {t:Identifier} WHERE customer_id LIKE {p:String}"
+    params = {"p": f"{prefix}-%"}
+    assert clickhouse.query(count, parameters={**params, "t": "ledger"}).result_rows[0][0] == 600
+
+    restarted = ledger_sink(settings, clickhouse, batch_rows=250)  # other batch boundaries
+    try:
+        drain(restarted, published)
+    finally:
+        restarted.close()
+    assert restarted.stats.consumed == 600  # everything was delivered again
+    assert clickhouse.query(count, parameters={**params, "t": "ledger"}).result_rows[0][0] == 600
+    clickhouse.command("OPTIMIZE TABLE ledger_events FINAL")
+    assert clickhouse.query(count, parameters={**params, "t": "ledger_events"}).result_rows[0][0] == 600
+
+
+def test_undecodable_messages_go_to_the_dead_letter_topic(settings, clickhouse):
+    prefix = f"c{uuid.uuid4().hex[:6]}"
+    raw = Producer(settings.kafka_conf())
+    with LedgerProducer(settings) as producer:
+        raw.produce(settings.topics.ledger, key=f"{prefix}-x".encode(), value=b"not avro at all")
+        raw.produce(settings.topics.ledger, key=f"{prefix}-y".encode(),
+                    value=b"\x00\x00\x00\x10\x92" + b"\x01" * 8)  # unknown schema id 4242
+        raw.flush(10)
+        producer.publish_many(make_events(prefix, 20))
+    sink = ledger_sink(settings, clickhouse)
+    try:
+        drain(sink, producer.positions)
+    finally:
+        sink.close()
+    assert clickhouse.query("SELECT count() FROM ledger WHERE customer_id LIKE {p:String}",
+                            parameters={"p": f"{prefix}-%"}).result_rows[0][0] == 20
+    dead = clickhouse.query(
+        "SELECT key, reason FROM deadletter_events FINAL WHERE source_topic = {t:String}"
+        " ORDER BY key", parameters={"t": settings.topics.ledger}).result_rows
+    assert dead == [(f"{prefix}-x", "bad magic byte 110 (expected 0: Confluent wire format)"),
+                    (f"{prefix}-y", "unknown schema id 4242")]
+    got = read_topic(settings, settings.topics.deadletter, expected=2)
+    reasons = sorted(dict(m.headers())["reason"].decode() for m in got)
+    assert reasons == ["bad magic byte 110 (expected 0: Confluent wire format)",
+                       "unknown schema id 4242"]
