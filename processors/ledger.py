@@ -1,0 +1,348 @@
+"""The fold of one Kafka partition of the ledger: the single place that orders the rules.
+
+The ledger is keyed by customer_id, so a partition holds whole customers and sees each
+customer's events in order. :meth:`PartitionFold.apply` takes one event in the record form
+and returns the derived events it causes, in this fixed order:
+
+a. "now" is event time: the partition clock becomes max(clock, occurred_at);
+b. every complaint deadline passed (deadline < clock) fires, in (deadline, customer,
+   complaint, sla) order: ``complaint.sla_breached`` (+ escalation), then the churn risk of
+   that customer is re-evaluated at the deadline;
+c. the event is applied to its customer: complaints (arming deadlines), tiers
+   (billing / decisions; before scoring so the tier is current), satisfaction
+   (``satisfaction.scored``), then churn, last, at the event's time, fed with the event and
+   the derived events it produced; deadlines armed by the event that are already passed
+   fire right after it;
+d. the window partials are fed (contacts, scores, complaints).
+
+``advance_clock`` moves an idle partition's clock (live mode; see :func:`live_clock_target`);
+``drain_windows`` emits the window partials touched since the last drain and
+``drain_complaints`` the current state of every complaint changed since the last drain.
+
+State is plain data per customer (``customer_state`` / ``load_customer``) plus a partition
+snapshot (clock and windows); the deadline heap is rebuilt from restored complaints.
+``apply`` expects a validated record: unknown or derived event types are counted in
+``ignored`` and produce nothing.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from typing import Iterable, Mapping
+
+from processors import churn, complaints, satisfaction, tiers
+from processors.complaints import SLA_RANK, SLAS
+from processors.rules import Rules, load_rules
+from processors.windows import WindowAggregator
+
+STATE_FORMAT = 1
+_CHURN_INTENTS = frozenset({"port_out", "cancel", "downgrade"})
+
+
+def _new_customer() -> dict:
+    """One customer's state: complaints (by id), tier state, churn state. Plain dicts and
+    tuples only, so most customers hold nothing the cycle collector has to track."""
+    return {"complaints": {}, "tier": tiers.new_state(), "churn": churn.new_state()}
+
+
+def live_clock_target(clock: int, wall_ms: int, rules: Rules) -> int | None:
+    """Where a live, idle partition's clock may move: wall time less the allowed lateness,
+    only while the partition's event time is within ``live_max_lag`` of wall time.
+    None when it must not move (backfill, replay, ``demo --input`` never call this)."""
+    if wall_ms - clock > rules.clock.live_max_lag_ms:
+        return None
+    target = wall_ms - rules.clock.allowed_lateness_ms
+    return target if target > clock else None
+
+
+class PartitionFold:
+    """State and rules of one ledger partition (see the module docstring for the order)."""
+
+    def __init__(self, rules: Rules | None = None, partition: int = 0):
+        self.rules = rules if rules is not None else load_rules()
+        self.partition = partition
+        self.clock = 0
+        self.customers: dict[str, dict] = {}
+        self.windows = WindowAggregator(self.rules, partition)
+        self.ignored: Counter[str] = Counter()
+        self._deadlines: list[tuple[int, str, str, int, int]] = []
+        self._dirty: set[str] = set()
+        self._complaints_touched: set[tuple[str, str]] = set()  # since the last drain
+        cr = self.rules.churn
+        self._bounced_min = cr.bounced_min_transfers
+        self._low_satisfaction = cr.low_satisfaction_below
+        self._detractor = cr.detractor_at_most
+        self._handlers = {
+            "contact.completed": self._contact,
+            "survey.responded": self._survey,
+            "billing.period_closed": self._billing,
+            "tier.change_decided": self._decision,
+            "plan.changed": self._signal_only,
+            "account.port_out_requested": self._signal_only,
+            "account.cancellation_requested": self._signal_only,
+        }
+        for etype in complaints.COMPLAINT_EVENTS:
+            self._handlers[etype] = self._complaint
+
+    # -- the fold -----------------------------------------------------------------------------
+
+    def apply(self, event: Mapping) -> list[dict]:
+        """Fold one event; returns the derived events (windows excepted: see drain_windows)."""
+        out: list[dict] = []
+        at = event["occurred_at"]
+        if at > self.clock:
+            self.clock = at
+            self.windows.clock = at
+            deadlines = self._deadlines
+            if deadlines and deadlines[0][0] < at:
+                self._fire_due(out)
+        handler = self._handlers.get(event["event_type"])
+        if handler is None:
+            self.ignored[event["event_type"]] += 1
+            return out
+        handler(event, at, out)
+        return out
+
+    def apply_all(self, events: Iterable[Mapping]) -> list[dict]:
+        out: list[dict] = []
+        for event in events:
+            out.extend(self.apply(event))
+        return out
+
+    def advance_clock(self, now_ms: int) -> list[dict]:
+        """Move the clock to ``now_ms`` without an event (idle partition, live mode only)
+        and fire the deadlines it passes."""
+        out: list[dict] = []
+        if now_ms > self.clock:
+            self.clock = now_ms
+            self.windows.clock = now_ms
+            self._fire_due(out)
+        return out
+
+    def drain_windows(self) -> list[dict]:
+        """``satisfaction.window_updated`` for every window touched since the last drain."""
+        return self.windows.drain()
+
+    def drain_complaints(self) -> list[dict]:
+        """``complaint.state_changed`` for every complaint changed since the last drain
+        (by an event or a breach), sorted by (customer, complaint)."""
+        out = []
+        version = self.rules.version
+        for cid, complaint_id in sorted(self._complaints_touched):
+            cust = self.customers.get(cid)
+            c = cust["complaints"].get(complaint_id) if cust is not None else None
+            if c is not None:
+                out.append(complaints.state_changed(c, cid, version))
+        self._complaints_touched = set()
+        return out
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _fire_due(self, out: list[dict]) -> None:
+        deadlines = self._deadlines
+        clock = self.clock
+        rules = self.rules
+        while deadlines and deadlines[0][0] < clock:
+            deadline, cid, complaint_id, rank, cycle = heapq.heappop(deadlines)
+            cust = self.customers.get(cid)
+            if cust is None:
+                continue
+            c = cust["complaints"].get(complaint_id)
+            if c is None:
+                continue
+            breach = complaints.fire(c, SLAS[rank], deadline, cycle, cid, rules)
+            if breach is None:
+                continue
+            out.append(breach)
+            self._dirty.add(cid)
+            self._complaints_touched.add((cid, complaint_id))
+            churn.observe(cust["churn"], breach, rules.churn)
+            risk = churn.evaluate(cust["churn"], deadline, cust["tier"]["tier"], customer_id=cid,
+                                  channel=breach["channel"], city=breach["city"],
+                                  source_id=breach["event_id"], rules=rules)
+            if risk is not None:
+                out.append(risk)
+
+    def _customer(self, cid: str) -> dict:
+        cust = self.customers.get(cid)
+        if cust is None:
+            cust = self.customers[cid] = _new_customer()
+        return cust
+
+    def _churn(self, cust: dict, event: Mapping, at: int, out: list[dict]) -> None:
+        """Churn last, at the event's time; skipped while the level cannot change."""
+        ch = cust["churn"]
+        if ch["stale"] or at >= ch["next_check"]:
+            cid = event["customer_id"]
+            self._dirty.add(cid)
+            risk = churn.evaluate(ch, at, cust["tier"]["tier"], customer_id=cid,
+                                  channel=event["channel"], city=event["city"],
+                                  source_id=event["event_id"], rules=self.rules)
+            if risk is not None:
+                out.append(risk)
+
+    def _contact(self, event: Mapping, at: int, out: list[dict]) -> None:
+        cid = event["customer_id"]
+        cust = self.customers.get(cid)
+        if event["intent"] in _CHURN_INTENTS or event["transfers"] >= self._bounced_min:
+            if cust is None:
+                cust = self._customer(cid)
+            if churn.observe(cust["churn"], event, self.rules.churn):
+                self._dirty.add(cid)
+        if cust is None:
+            self.windows.add_contact(event, "standard")
+            return
+        ch = cust["churn"]
+        if ch["stale"] or at >= ch["next_check"]:  # inlined fast path of _churn
+            self._churn(cust, event, at, out)
+        self.windows.add_contact(event, cust["tier"]["tier"])
+
+    def _survey(self, event: Mapping, at: int, out: list[dict]) -> None:
+        cid = event["customer_id"]
+        cust = self.customers.get(cid)
+        scored = satisfaction.score_survey(event, cust["tier"]["tier"] if cust else "standard",
+                                           self.rules)
+        out.append(scored)
+        comp = scored["composite"]
+        nps = scored["nps"]
+        if ((comp is not None and comp < self._low_satisfaction)
+                or (nps is not None and nps <= self._detractor)):
+            if cust is None:
+                cust = self._customer(cid)
+            if churn.observe(cust["churn"], scored, self.rules.churn):
+                self._dirty.add(cid)
+        if cust is not None:
+            ch = cust["churn"]
+            if ch["stale"] or at >= ch["next_check"]:  # inlined fast path of _churn
+                self._churn(cust, event, at, out)
+        self.windows.add_scored(scored)
+
+    def _complaint(self, event: Mapping, at: int, out: list[dict]) -> None:
+        cid = event["customer_id"]
+        cust = self._customer(cid)
+        self._dirty.add(cid)
+        rules = self.rules
+        etype = event["event_type"]
+        complaint_id = event["complaint_id"]
+        self._complaints_touched.add((cid, complaint_id))
+        known = cust["complaints"].get(complaint_id)
+        first_filing = etype == "complaint.filed" and (known is None or known["filed_at"] is None)
+        armed = complaints.apply(cust["complaints"], event, rules.complaints)
+        for deadline, cmp_id, sla, cycle in armed:
+            heapq.heappush(self._deadlines, (deadline, cid, cmp_id, SLA_RANK[sla], cycle))
+        if etype == "complaint.closed":
+            complaints.prune(cust["complaints"], at, rules.complaints)
+        if etype != "complaint.filed" or first_filing:
+            churn.observe(cust["churn"], event, rules.churn)
+        self._churn(cust, event, at, out)
+        if first_filing:
+            self.windows.add_complaint(event, cust["tier"]["tier"])
+        if armed and self._deadlines[0][0] < self.clock:
+            self._fire_due(out)
+
+    def _billing(self, event: Mapping, at: int, out: list[dict]) -> None:
+        cid = event["customer_id"]
+        cust = self._customer(cid)
+        self._dirty.add(cid)
+        rules = self.rules
+        ts = cust["tier"]
+        tiers.record_period(ts, event, rules)
+        ch = cust["churn"]
+        churn.set_spend_drop(ch, churn.spend_drop_active(ts["periods"], rules.churn))
+
+        def high_churn_risk() -> bool:
+            # The high-risk guard sees this period's spend_drop too.
+            return churn.peek_level(ch, at, ts["tier"], rules.churn) == "high"
+
+        derived = tiers.reassess(ts, event, rules, high_churn_risk=high_churn_risk)
+        self._tier_events(cust, derived, out)
+        self._churn(cust, event, at, out)
+
+    def _decision(self, event: Mapping, at: int, out: list[dict]) -> None:
+        cid = event["customer_id"]
+        cust = self._customer(cid)
+        self._dirty.add(cid)
+        self._tier_events(cust, tiers.on_decision(cust["tier"], event, self.rules), out)
+        self._churn(cust, event, at, out)
+
+    def _tier_events(self, cust: dict, derived: list[dict], out: list[dict]) -> None:
+        if derived:
+            out.extend(derived)
+            if any(d["event_type"] == tiers.CHANGED for d in derived):
+                cust["churn"]["stale"] = True  # the tier multiplier changed
+
+    def _signal_only(self, event: Mapping, at: int, out: list[dict]) -> None:
+        cid = event["customer_id"]
+        cust = self.customers.get(cid)
+        if cust is None:
+            if event["event_type"] == "plan.changed" and event.get("direction") != "downgrade":
+                return
+            cust = self._customer(cid)
+        if churn.observe(cust["churn"], event, self.rules.churn):
+            self._dirty.add(cid)
+        self._churn(cust, event, at, out)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def customer_state(self, customer_id: str) -> dict | None:
+        """A customer's state as plain data (Decimals as str), or None if unknown."""
+        cust = self.customers.get(customer_id)
+        if cust is None:
+            return None
+        return {
+            "format": STATE_FORMAT,
+            "complaints": _copy(cust["complaints"]),
+            "tier": tiers.to_plain(cust["tier"]),
+            "churn": churn.to_plain(cust["churn"]),
+        }
+
+    def load_customer(self, customer_id: str, plain: Mapping) -> None:
+        """Restore a customer from :meth:`customer_state` output and schedule its deadlines."""
+        if plain.get("format") != STATE_FORMAT:
+            raise ValueError(f"customer state format {plain.get('format')!r} is not "
+                             f"{STATE_FORMAT} (customer {customer_id})")
+        cust = {"complaints": _copy(plain["complaints"]), "tier": tiers.from_plain(plain["tier"]),
+                "churn": churn.from_plain(plain["churn"])}
+        self.customers[customer_id] = cust
+        for deadline, complaint_id, sla, cycle in complaints.pending_deadlines(cust["complaints"]):
+            heapq.heappush(self._deadlines,
+                           (deadline, customer_id, complaint_id, SLA_RANK[sla], cycle))
+
+    def dirty_customers(self) -> set[str]:
+        """Customers whose state changed since the last :meth:`clear_dirty`."""
+        return set(self._dirty)
+
+    def clear_dirty(self) -> None:
+        self._dirty = set()
+
+    def snapshot_partition(self) -> dict:
+        """The partition-level state as plain data: clock, window partials, the complaints
+        not yet drained, counters."""
+        return {
+            "format": STATE_FORMAT,
+            "partition": self.partition,
+            "rules_version": self.rules.version,
+            "clock": self.clock,
+            "windows": self.windows.snapshot(),
+            "complaints_touched": sorted([list(k) for k in self._complaints_touched]),
+            "ignored": dict(self.ignored),
+        }
+
+    def restore_partition(self, plain: Mapping) -> None:
+        if plain.get("format") != STATE_FORMAT:
+            raise ValueError(f"partition state format {plain.get('format')!r} is not {STATE_FORMAT}")
+        self.clock = max(self.clock, plain["clock"])
+        self.windows.restore(plain["windows"])
+        self.windows.clock = self.clock
+        self._complaints_touched = {tuple(k) for k in plain.get("complaints_touched", ())}
+        self.ignored = Counter(plain.get("ignored", {}))
+
+
+def _copy(value):
+    """A structural copy of plain data (dicts, lists, scalars)."""
+    if value.__class__ is dict:
+        return {k: _copy(v) for k, v in value.items()}
+    if value.__class__ is list or value.__class__ is tuple:
+        return [_copy(v) for v in value]
+    return value
