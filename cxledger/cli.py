@@ -33,7 +33,7 @@ def cmd_demo(args, settings: Settings) -> int:
     if args.store:
         settings = settings.with_(store=Path(args.store))
     return run_demo(settings, events=args.events, input_file=Path(args.input) if args.input else None,
-                    seed=args.seed, keep=args.keep)
+                    seed=args.seed, keep=args.keep, workers=args.workers)
 
 
 def cmd_publish(args, settings: Settings) -> int:
@@ -166,6 +166,36 @@ def cmd_sink(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_replay(args, settings: Settings) -> int:
+    from processors.rules import load_rules
+    from sinks.clickhouse import StoreError, connect
+    from sinks.replay import REPLAY_DB, replay
+
+    dsn = args.dsn or (f"chdb://{Path(args.store).resolve()}" if args.store else settings.dsn)
+    try:
+        client = connect(dsn)
+    except StoreError as exc:
+        raise SystemExit(f"cxledger: {exc}")
+    report = replay(client, load_rules(settings.rules_path))
+    print(f"replayed {report.events} ledger events into {report.derived} derived events in "
+          f"{report.seconds:.1f}s ({report.events / max(report.seconds, 1e-9):,.0f} events/s)")
+    for t in report.tables:
+        verdict = "equal" if t.equal else f"DIFFERENT: {t.only_live} rows only live, " \
+                                          f"{t.only_replay} only in replay"
+        print(f"  {t.table:<30} live {t.live_rows:>8}  replay {t.replay_rows:>8}  {verdict}")
+    print(("replay equals live" if report.equal else
+           f"replay differs from live: compare the tables in database {REPLAY_DB}"))
+    return 0 if report.equal else 1
+
+
+def cmd_process(args, settings: Settings) -> int:
+    from processors.app import run_worker
+
+    _need_kafka(settings)
+    run_worker(settings, loglevel=args.faust_log_level)
+    return 0
+
+
 def cmd_broker(args, settings: Settings) -> int:
     from cxledger.localstack import LocalBroker
 
@@ -200,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--keep", action="store_true", help="add to an existing store instead of "
                    "starting empty")
+    p.add_argument("--workers", type=int, default=1, help="stream-processor workers (default 1)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("publish", help="publish JSON Lines or CSV files to the ledger")
@@ -235,6 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sink", help="run the ClickHouse sinks against the configured Kafka")
     p.set_defaults(func=cmd_sink)
+
+    p = sub.add_parser("replay", help="recompute the derived tables from the ledger and compare "
+                       "them with the live ones")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--store", help="embedded store directory")
+    where.add_argument("--dsn", help="ClickHouse DSN")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("process", help="run a stream-processor worker (faust); start more "
+                       "with the same settings to scale out")
+    p.add_argument("--faust-log-level", default="warning",
+                   choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_process)
 
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
     p.add_argument("--port", type=int)

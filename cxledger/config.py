@@ -31,6 +31,7 @@ DERIVED_TOPIC_OF = {
     "satisfaction.scored": "satisfaction_scores",
     "satisfaction.window_updated": "satisfaction_windows",
     "complaint.sla_breached": "complaint_breaches",
+    "complaint.state_changed": "complaint_state",
     "churn.risk_changed": "churn_risk",
     "tier.change_proposed": "tier_changes",
     "tier.changed": "tier_changes",
@@ -47,6 +48,7 @@ class Topics:
         "satisfaction_scores": "cx.satisfaction.scores",
         "satisfaction_windows": "cx.satisfaction.windows",
         "complaint_breaches": "cx.complaint.breaches",
+        "complaint_state": "cx.complaint.state",
         "churn_risk": "cx.churn.risk",
         "tier_changes": "cx.tier.changes",
     })
@@ -92,6 +94,41 @@ class Settings:
 
     def with_(self, **changes: Any) -> "Settings":
         return replace(self, **changes)
+
+    def to_toml(self) -> str:
+        """These settings as a config file, to hand to a child process (``--config``)."""
+        def q(value: Any) -> str:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)
+            return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        lines = ["[kafka]"]
+        if self.kafka_bootstrap:
+            lines.append(f"bootstrap = {q(self.kafka_bootstrap)}")
+        lines.append("[kafka.client]")
+        lines += [f"{q(k)} = {q(v)}" for k, v in self.kafka_client.items()]
+        lines.append("[schema_registry]")
+        if self.schema_registry_url:
+            lines.append(f"url = {q(self.schema_registry_url)}")
+        if self.schema_registry_auth:
+            lines.append(f"auth = {q(self.schema_registry_auth)}")
+        lines.append("[clickhouse]")
+        if self.clickhouse_dsn:
+            lines.append(f"dsn = {q(self.clickhouse_dsn)}")
+        lines.append(f"store = {q(self.store)}")
+        t = self.topics
+        lines += ["[topics]", f"ledger = {q(t.ledger)}", f"deadletter = {q(t.deadletter)}",
+                  f"partitions = {t.partitions}", f"replication_factor = {t.replication_factor}",
+                  "[topics.derived]"]
+        lines += [f"{k} = {q(v)}" for k, v in t.derived.items()]
+        if self.rules_path:
+            lines += ["[rules]", f"path = {q(self.rules_path)}"]
+        lines += ["[log]", f"level = {q(self.log_level)}"]
+        if self.log_format:
+            lines.append(f"format = {q(self.log_format)}")
+        lines += ["[sink]", f"batch_rows = {self.sink_batch_rows}",
+                  f"batch_seconds = {self.sink_batch_seconds}"]
+        return "\n".join(lines) + "\n"
 
 
 _KAFKA_ENV = {

@@ -51,13 +51,39 @@ def pretty(client, sql: str) -> str:
                             settings={"output_format_pretty_row_numbers": 0}).decode()
 
 
+DERIVED_QUERIES = [
+    ("Top 5 cities by satisfaction (composite of all scored surveys)", """
+        SELECT city, round(avg(composite), 2) AS composite, count() AS surveys
+        FROM satisfaction_scores FINAL WHERE composite IS NOT NULL
+        GROUP BY city ORDER BY composite DESC LIMIT 5"""),
+    ("Bottom 3 cities", """
+        SELECT city, round(avg(composite), 2) AS composite, count() AS surveys
+        FROM satisfaction_scores FINAL WHERE composite IS NOT NULL
+        GROUP BY city ORDER BY composite ASC LIMIT 3"""),
+    ("Satisfaction alerts (a city's daily composite below the red line)", """
+        SELECT count() AS alerts, uniqExact(city) AS cities,
+               arrayStringConcat(groupUniqArray(5)(city), ', ') AS e_g FROM satisfaction_alerts"""),
+    ("Complaint SLA breaches by type", """
+        SELECT sla, count() AS breaches, countIf(escalated_to_level IS NOT NULL) AS escalations,
+               max(escalated_to_level) AS max_level
+        FROM complaint_sla_breaches FINAL GROUP BY sla ORDER BY breaches DESC"""),
+    ("High churn risk: {high_risk} customers; the top 8", """
+        SELECT customer_id, city, tier, score, arrayStringConcat(reasons, ', ') AS reasons
+        FROM churn_risk_current WHERE level = 'high' ORDER BY score DESC, customer_id LIMIT 8"""),
+    ("Tier changes ({pending} downgrades waiting for approval)", """
+        SELECT from_tier, to_tier, count() AS customers FROM tier_changes FINAL
+        GROUP BY from_tier, to_tier ORDER BY customers DESC"""),
+]
+
+
 def run_demo(settings: Settings, *, events: int, input_file: Path | None, seed: int,
-             keep: bool = False, out=sys.stdout) -> int:
+             keep: bool = False, workers: int = 1, out=sys.stdout) -> int:
     if settings.embedded_store:
         prepare_store(settings.store, keep)
     rejected = 0
     with Pipeline(settings) as pipe:
         pipe.start_sinks()
+        pipe.start_processors(workers, log_dir=settings.store.parent)
         with LedgerProducer(pipe.settings, codec=pipe.codec) as producer:
             if input_file is not None:
                 summary = publish_file(input_file, producer,
@@ -73,12 +99,15 @@ def run_demo(settings: Settings, *, events: int, input_file: Path | None, seed: 
                     producer.publish(event)
                 published = events
         pipe.wait_for_sinks(producer.positions)
+        pipe.wait_for_processors(producer.positions)
+        pipe.wait_for_sinks(pipe.fence(list(dict.fromkeys(pipe.settings.topics.derived.values()))))
         print_summary(pipe.client, published, out)
+        print_derived(pipe.client, out)
     where = settings.store if settings.embedded_store else settings.clickhouse_dsn
     print(f"\nThe ledger is in {where}. Query it with:\n"
           f"  cxledger sql --store {settings.store} \"SELECT count() FROM ledger_events\"",
           file=out)
-    return 0
+    return 1 if rejected else 0
 
 
 def print_summary(client, published: int, out) -> None:
@@ -91,6 +120,15 @@ def print_summary(client, published: int, out) -> None:
     for title, sql in SUMMARY_QUERIES:
         print(title.format(cities=cities, customer=customer), file=out)
         print(pretty(client, sql.format(customer_q=_quote(customer))), file=out)
+
+
+def print_derived(client, out) -> None:
+    high = client.query("SELECT count() FROM churn_risk_current WHERE level = 'high'").result_rows[0][0]
+    pending = client.query("SELECT count() FROM tier_pending_approvals").result_rows[0][0]
+    print("What the processors derived\n", file=out)
+    for title, sql in DERIVED_QUERIES:
+        print(title.format(high_risk=high, pending=pending), file=out)
+        print(pretty(client, sql), file=out)
 
 
 def _quote(value: str) -> str:

@@ -7,12 +7,18 @@ store. The sinks run as threads of this process, because one process owns a chDB
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
+from confluent_kafka import Consumer, Producer, TopicPartition
 from tqdm import tqdm
 
 from cxledger.config import Settings
@@ -20,7 +26,8 @@ from cxledger.localstack import LocalBroker
 from cxledger.topics import create_topics
 from producers.sdk import make_codec
 from sinks.clickhouse import connect, create_tables
-from sinks.kafka_sink import ClickHouseSink
+from sinks.kafka_sink import FENCE_HEADER, ClickHouseSink
+from sinks.derived_sink import derived_sink
 from sinks.ledger_sink import ledger_sink
 
 log = structlog.get_logger("cxledger.pipeline")
@@ -45,6 +52,7 @@ class Pipeline:
         self._stack = ExitStack()
         self._stop = threading.Event()
         self._sinks: list[_Running] = []
+        self._workers: list[subprocess.Popen] = []
         self.client = None
 
     def __enter__(self) -> "Pipeline":
@@ -63,6 +71,7 @@ class Pipeline:
 
     def start_sinks(self) -> None:
         self._start(ledger_sink(self.settings, self.client, codec=self.codec))
+        self._start(derived_sink(self.settings, self.client, codec=self.codec))
 
     def _start(self, sink: ClickHouseSink) -> None:
         thread = threading.Thread(target=sink.run, args=(self._stop,), name=sink.name, daemon=True)
@@ -93,6 +102,94 @@ class Pipeline:
                     raise PipelineError(f"only {done} of {total} events reached ClickHouse within "
                                         f"{timeout:.0f}s")
                 time.sleep(0.1)
+
+    # -- processors -----------------------------------------------------------------------
+    def start_processors(self, workers: int = 1, log_dir: Path | None = None) -> None:
+        """Start ``workers`` faust workers (``cxledger process``) as child processes."""
+        config = Path(tempfile.mkstemp(prefix="cxledger-", suffix=".toml")[1])
+        config.write_text(self.settings.to_toml(), encoding="utf-8")  # mkstemp: mode 0600
+        self._stack.callback(config.unlink, missing_ok=True)
+        for n in range(workers):
+            out = open(log_dir / f"worker-{n}.log", "ab") if log_dir else subprocess.DEVNULL
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cxledger.cli", "--config", str(config),
+                 "--log-format", "json", "process"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            if log_dir:
+                out.close()
+            self._workers.append(proc)
+        self._stack.callback(self.stop_processors)
+        log.info("processors started", workers=workers)
+
+    def stop_processors(self) -> None:
+        workers, self._workers = self._workers, []
+        for proc in workers:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in workers:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+    def processed_offsets(self, group_id: str, topic: str) -> dict[tuple[str, int], int]:
+        """Offsets committed by the processors' consumer group on ``topic``."""
+        consumer = Consumer(self.settings.kafka_conf(**{"group.id": group_id}))
+        try:
+            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            committed = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+            return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
+        finally:
+            consumer.close()
+
+    def wait_for_processors(self, targets: dict[tuple[str, int], int], timeout: float = 300.0,
+                            show_progress: bool = True) -> None:
+        """Block until the processors committed ``targets`` on the ledger: every derived event
+        of those ledger events has then been acknowledged by the broker."""
+        from processors.app import APP_ID
+
+        ends = {tp: off for tp, off in targets.items() if off > 0}
+        total = sum(ends.values())
+        deadline = time.monotonic() + timeout
+        with tqdm(total=total, desc="processing", unit="ev", disable=not show_progress,
+                  leave=False) as bar:
+            while True:
+                for proc in self._workers:
+                    if proc.poll() is not None:
+                        raise PipelineError(f"a processor exited with code {proc.returncode}")
+                committed = self.processed_offsets(APP_ID, self.settings.topics.ledger)
+                done = sum(min(committed.get(tp, 0), end) for tp, end in ends.items())
+                bar.update(done - bar.n)
+                if done >= total:
+                    return
+                if time.monotonic() > deadline:
+                    raise PipelineError(f"processors committed {done} of {total} events within "
+                                        f"{timeout:.0f}s")
+                time.sleep(0.5)
+
+    def fence(self, topics: list[str]) -> dict[tuple[str, int], int]:
+        """Write a marker to every partition of ``topics``; returns the offsets just past them.
+
+        A sink that passed a marker has seen everything written before it: a barrier that
+        needs no high watermarks (which Tansu 0.6 reports per batch, not per record).
+        """
+        producer = Producer(self.settings.kafka_conf(**{"enable.idempotence": True}))
+        positions: dict[tuple[str, int], int] = {}
+
+        def delivered(err, msg):
+            if err is None:
+                positions[(msg.topic(), msg.partition())] = msg.offset() + 1
+
+        meta = producer.list_topics(timeout=10)
+        for topic in topics:
+            for p in meta.topics[topic].partitions:
+                producer.produce(topic, value=None, partition=p, headers=[(FENCE_HEADER, b"1")],
+                                 on_delivery=delivered)
+        if producer.flush(30):
+            raise PipelineError("could not write position markers to " + ", ".join(topics))
+        return positions
 
     def __exit__(self, *exc) -> None:
         self._stop.set()

@@ -29,6 +29,7 @@ DERIVED_TYPES = frozenset(
         "satisfaction.scored",
         "satisfaction.window_updated",
         "complaint.sla_breached",
+        "complaint.state_changed",
         "churn.risk_changed",
         "tier.change_proposed",
         "tier.changed",

@@ -47,10 +47,27 @@ def ddl_text(name: str) -> str:
     return resources.files("sinks").joinpath("sql", name).read_text(encoding="utf-8")
 
 
-def create_tables(client: Client, files: tuple[str, ...] = DDL_FILES) -> None:
-    """Create every table and view (idempotent)."""
+def create_tables(client: Client, params: dict[str, str] | None = None,
+                  files: tuple[str, ...] = DDL_FILES) -> None:
+    """Create every table and view (idempotent). ``params`` fill ``{name}`` placeholders of
+    the view definitions (thresholds and bucket bounds from the rules file)."""
+    params = {**view_params(), **(params or {})}
     for name in files:
-        if not resources.files("sinks").joinpath("sql", name).is_file():
-            continue
-        for statement in statements(ddl_text(name)):
+        text = ddl_text(name)
+        for key, value in params.items():
+            text = text.replace("{" + key + "}", value)
+        for statement in statements(text):
             client.command(statement)
+
+
+def view_params(rules=None) -> dict[str, str]:
+    """Placeholders of views.sql from the rules (the shipped rules when None)."""
+    from processors.rules import load_rules
+
+    rules = rules or load_rules()
+    bounds = list(rules.windows.first_response_bounds) + ["inf"]
+    return {
+        "first_response_bounds": "[" + ", ".join(f"toFloat64('{b}')" if b == "inf" else
+                                                   f"{float(b)}" for b in bounds) + "]",
+        "red_threshold": f"{float(rules.satisfaction.red_below)}",
+    }

@@ -32,6 +32,9 @@ Rows = dict[tuple[str, tuple[str, ...]], list[list[Any]]]
 # Turns one decoded message into rows: (record, schema_id, message) -> [(table, columns, row)]
 RowMapper = Callable[[dict[str, Any], int, Message], Iterable[tuple[str, tuple[str, ...], list[Any]]]]
 
+# A message with this header is a position marker (see cxledger.pipeline), not data.
+FENCE_HEADER = "cxledger-fence"
+
 DEADLETTER_COLUMNS = ("source_topic", "source_partition", "source_offset", "reason", "key",
                       "value_hex")
 
@@ -60,6 +63,10 @@ class SinkStats:
     deadlettered: int = 0
     batches: int = 0
     positions: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset
+
+
+def _is_fence(msg: Message) -> bool:
+    return any(name == FENCE_HEADER for name, _ in (msg.headers() or ()))
 
 
 class ClickHouseSink:
@@ -111,6 +118,8 @@ class ClickHouseSink:
             tp = (msg.topic(), msg.partition())
             lo_hi = offsets.get(tp)
             offsets[tp] = (msg.offset(), msg.offset()) if lo_hi is None else (lo_hi[0], msg.offset())
+            if msg.value() is None and _is_fence(msg):
+                continue
             try:
                 record, schema_id = self.codec.decode(msg.value())
             except DecodeError as exc:

@@ -1,0 +1,162 @@
+"""The faust-streaming worker: the ledger topic folded into derived topics.
+
+    cxledger process            # one worker; start more with the same settings to scale out
+
+Per batch (``stream.take_events``), in this order, which is the whole at-least-once story:
+  1. decode with our Avro codec; undecodable messages go to the dead-letter topic with the reason;
+  2. fold each partition's records in offset order (processors.batch), drain what changed;
+  3. persist the changed customer states (and each partition's own state) to a faust table,
+     one entry per changed key, JSON-encoded; the table's changelog is what a restarted or
+     rebalanced worker recovers from;
+  4. send the derived events as Avro to their topics and wait for the broker's acks;
+  5. return: faust acks the batch's events and commits their offsets on its interval.
+A crash before 5 replays the batch: derived event ids are deterministic and every sink
+deduplicates by id, so a replay changes nothing users see. Hot state lives in memory as plain
+data; the table is written once per batch, never read on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import defaultdict
+from typing import Any
+
+import faust
+import structlog
+from faust.tables.table import Table
+
+from cxledger.config import Settings
+from processors.batch import PartitionFolds, partition_of_key
+from processors.rules import Rules, load_rules
+from producers.sdk import make_codec
+from schemas.codec import DecodeError
+
+log = structlog.get_logger("cxledger.processors")
+
+APP_ID = "cxledger-processors"
+STATE_TABLE = "fold-state"
+
+
+class PartitionKeyedTable(Table):
+    """A table whose keys say their partition ("<partition>/<customer>"): each entry goes to the
+    changelog partition of the ledger partition it belongs to, even when written from a batch
+    rather than from inside one event's iteration."""
+
+    def partition_for_key(self, key: Any) -> int:
+        return partition_of_key(key.decode() if isinstance(key, bytes) else key)
+
+
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    client = settings.kafka_client
+    protocol = client.get("security.protocol", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=client.get("ssl.ca.location"))
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=client.get("sasl.username"),
+                                     password=client.get("sasl.password"),
+                                     mechanism=client.get("sasl.mechanism", "PLAIN"),
+                                     ssl_context=context)
+    return faust.SSLCredentials(context)
+
+
+def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: int = 2000,
+               batch_within: float = 0.2) -> faust.App:
+    rules = rules or load_rules(settings.rules_path)
+    bootstrap = ";".join(f"kafka://{b}" for b in settings.kafka_bootstrap.split(","))
+    app = faust.App(
+        APP_ID,
+        broker=bootstrap,
+        broker_credentials=broker_credentials(settings),
+        store="memory://",
+        topic_partitions=settings.topics.partitions,
+        topic_replication_factor=settings.topics.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        # A new group waits about one rebalance timeout (the poll interval) before it is
+        # assigned: keep it short so a worker starts in seconds.
+        broker_max_poll_interval=10.0,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        producer_acks=-1,
+        producer_linger_ms=5,
+        web_enabled=False,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+    # A batch queues one changelog write per changed customer at once; faust's producer buffer
+    # warns and flushes piecemeal past 100 queued messages by default.
+    app.producer.buffer.max_messages = max(10_000, batch_size * 4)
+    codec = make_codec(settings)  # registry ids when a registry is configured
+    folds = PartitionFolds(rules)
+    ledger = app.topic(settings.topics.ledger, key_type=bytes, value_type=bytes,
+                       partitions=settings.topics.partitions)
+    derived_topics = {name: app.topic(name, key_type=bytes, value_type=bytes,
+                                      partitions=settings.topics.partitions)
+                      for name in dict.fromkeys(settings.topics.derived.values())}
+    deadletter = app.topic(settings.topics.deadletter, key_type=bytes, value_type=bytes)
+    state = app.tables.add(PartitionKeyedTable(
+        app, name=STATE_TABLE, default=None, partitions=settings.topics.partitions,
+        key_type=bytes, value_type=bytes))
+    restored: set[int] = set()
+
+    @app.agent(ledger)
+    async def fold_ledger(stream):
+        async for events in stream.take_events(batch_size, within=batch_within):
+            batch: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            pending = []
+            for event in events:
+                msg = event.message
+                try:
+                    record, _ = codec.decode(msg.value)
+                except DecodeError as exc:
+                    pending.append(await deadletter.send(
+                        key=msg.key, value=msg.value,
+                        headers={"reason": str(exc).encode(), "source_topic": msg.topic.encode(),
+                                 "source_partition": str(msg.partition).encode(),
+                                 "source_offset": str(msg.offset).encode()}))
+                    log.warning("dead-lettered", partition=msg.partition, offset=msg.offset,
+                                reason=str(exc))
+                    continue
+                if msg.partition not in restored:
+                    recover(msg.partition)
+                batch[msg.partition].append(record)
+            derived = folds.fold_batch(batch)
+            for key, value in folds.changed_state(batch):
+                state[key.encode()] = value
+            for record in derived:
+                topic = derived_topics[settings.topics.for_derived(record["event_type"])]
+                pending.append(await topic.send(
+                    key=(record["customer_id"] or record["city"]).encode(),
+                    value=codec.encode(record)))
+            if pending:
+                await asyncio.gather(*pending)  # acknowledged before the batch is acked
+
+    def recover(partition: int) -> None:
+        """Rebuild a newly assigned partition's fold from the (recovered) table."""
+        prefix = f"{partition}/".encode()
+        entries = [(k.decode(), v) for k, v in state.data.items() if k.startswith(prefix) and v]
+        folds.restore(partition, entries)
+        restored.add(partition)
+        log.info("partition state restored", partition=partition, keys=len(entries))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        for tp in revoked:
+            if tp.topic == settings.topics.ledger:
+                folds.drop(tp.partition)
+                restored.discard(tp.partition)
+
+    app.cxledger_folds = folds  # for tests and diagnostics
+    return app
+
+
+def run_worker(settings: Settings, loglevel: str = "warning") -> None:
+    """Run one worker until SIGINT/SIGTERM."""
+    from faust.worker import Worker
+
+    app = create_app(settings)
+    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

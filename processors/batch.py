@@ -1,0 +1,90 @@
+"""Fold a batch of ledger records, partition by partition: shared by the worker and replay.
+
+``PartitionFolds`` holds one ``PartitionFold`` per ledger partition. ``fold_batch`` applies a
+batch in offset order per partition and then drains what the batch changed (window partials,
+complaint states), so live processing and replay emit the same derived events whatever the
+batch boundaries. State persistence is the caller's: ``changed_state`` hands out what changed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping
+
+from processors.ledger import PartitionFold
+from processors.rules import Rules
+
+PARTITION_STATE_KEY = ""  # customer ids are non-empty, so "" names the partition's own state
+
+
+def state_key(partition: int, customer_id: str) -> str:
+    """Table key of a customer's (or, with "", the partition's) state: "<partition>/<id>"."""
+    return f"{partition}/{customer_id}"
+
+
+def partition_of_key(key: str) -> int:
+    return int(key.split("/", 1)[0])
+
+
+def encode_state(plain: Any) -> bytes:
+    return json.dumps(plain, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_state(data: bytes) -> Any:
+    return json.loads(data)
+
+
+class PartitionFolds:
+    def __init__(self, rules: Rules):
+        self.rules = rules
+        self.folds: dict[int, PartitionFold] = {}
+
+    def get(self, partition: int) -> PartitionFold:
+        fold = self.folds.get(partition)
+        if fold is None:
+            fold = self.folds[partition] = PartitionFold(self.rules, partition)
+        return fold
+
+    def restore(self, partition: int, entries: Iterable[tuple[str, bytes]]) -> PartitionFold:
+        """Rebuild a partition's fold from persisted (key, state) entries of that partition."""
+        fold = self.folds[partition] = PartitionFold(self.rules, partition)
+        partition_state = None
+        for key, value in entries:
+            customer_id = key.split("/", 1)[1]
+            if customer_id == PARTITION_STATE_KEY:
+                partition_state = decode_state(value)
+            else:
+                fold.load_customer(customer_id, decode_state(value))
+        if partition_state is not None:
+            fold.restore_partition(partition_state)
+        fold.clear_dirty()
+        return fold
+
+    def drop(self, partition: int) -> None:
+        self.folds.pop(partition, None)
+
+    def fold_batch(self, batch: Mapping[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Apply each partition's records in order, then drain; returns the derived events."""
+        derived: list[dict[str, Any]] = []
+        for partition, records in batch.items():
+            fold = self.get(partition)
+            apply = fold.apply
+            for record in records:
+                derived += apply(record)
+            derived += fold.drain_windows()
+            derived += fold.drain_complaints()
+        return derived
+
+    def changed_state(self, partitions: Iterable[int]) -> list[tuple[str, bytes]]:
+        """(key, encoded state) of every customer changed since the last call, plus each
+        partition's own state; marks them clean."""
+        out = []
+        for partition in partitions:
+            fold = self.folds[partition]
+            for customer_id in fold.dirty_customers():
+                out.append((state_key(partition, customer_id),
+                            encode_state(fold.customer_state(customer_id))))
+            out.append((state_key(partition, PARTITION_STATE_KEY),
+                        encode_state(fold.snapshot_partition())))
+            fold.clear_dirty()
+        return out

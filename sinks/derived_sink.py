@@ -1,0 +1,92 @@
+"""The derived sink: the processors' topics -> their ClickHouse tables.
+
+``DERIVED_TABLES`` is the one mapping from a derived event type to a table and its columns;
+the live sink and ``cxledger replay`` both write through it, so their tables can be compared
+row for row.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from clickhouse_connect.driver.client import Client
+from confluent_kafka import Message
+
+from cxledger.config import Settings
+from schemas.codec import WireCodec
+from sinks.kafka_sink import ClickHouseSink
+
+# event type -> (table, ((column, record field), ...))
+_ENVELOPE = (("customer_id", "customer_id"), ("city", "city"))
+DERIVED_TABLES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "satisfaction.scored": ("satisfaction_scores", (
+        ("event_id", "event_id"), ("survey_id", "survey_id"), ("subject_id", "subject_id"),
+        *_ENVELOPE, ("channel", "channel"), ("tier", "tier"), ("occurred_at", "occurred_at"),
+        ("composite", "composite"), ("response_speed", "response_speed"),
+        ("resolution_efficiency", "resolution_efficiency"), ("attitude", "attitude"),
+        ("follow_up", "follow_up"), ("nps", "nps"), ("weights_profile", "weights_profile"),
+        ("rules_version", "rules_version"))),
+    "satisfaction.window_updated": ("satisfaction_window_partials", tuple((c, c) for c in (
+        "window", "window_start", "city", "channel", "tier", "source_partition", "version",
+        "surveys", "composite_sum", "composite_count", "response_speed_sum",
+        "response_speed_count", "resolution_efficiency_sum", "resolution_efficiency_count",
+        "attitude_sum", "attitude_count", "follow_up_sum", "follow_up_count", "nps_responses",
+        "promoters", "detractors", "contacts", "fcr_contacts", "ai_contacts", "transfers_sum",
+        "first_response_count", "first_response_sum", "first_response_buckets", "complaints",
+        "rules_version"))),
+    "complaint.sla_breached": ("complaint_sla_breaches", (
+        ("event_id", "event_id"), ("complaint_id", "complaint_id"), *_ENVELOPE,
+        ("channel", "channel"), ("sla", "sla"), ("deadline", "deadline"),
+        ("escalated_to_level", "escalated_to_level"), ("severity", "severity"),
+        ("category", "category"), ("occurred_at", "occurred_at"),
+        ("rules_version", "rules_version"))),
+    "complaint.state_changed": ("complaint_state", (
+        ("complaint_id", "complaint_id"), *_ENVELOPE, ("channel", "channel"),
+        ("category", "category"), ("severity", "severity"), ("status", "status"),
+        ("level", "level"), ("filed_at", "filed_at"), ("acknowledged_at", "acknowledged_at"),
+        ("resolved_at", "resolved_at"), ("feedback_at", "feedback_at"),
+        ("followed_up_at", "followed_up_at"), ("closed_at", "closed_at"),
+        ("reopened_count", "reopened_count"), ("next_deadline", "next_deadline"),
+        ("next_sla", "next_sla"), ("breaches", "breaches"), ("anomalies", "anomalies"),
+        ("updated_at", "occurred_at"), ("version", "version"),
+        ("rules_version", "rules_version"))),
+    "churn.risk_changed": ("churn_risk_changes", (
+        ("event_id", "event_id"), *_ENVELOPE, ("tier", "tier"), ("score", "score"),
+        ("level", "level"), ("previous_level", "previous_level"), ("reasons", "reasons"),
+        ("occurred_at", "occurred_at"), ("rules_version", "rules_version"))),
+    "tier.change_proposed": ("tier_proposals", (
+        ("event_id", "event_id"), ("proposal_id", "proposal_id"), *_ENVELOPE,
+        ("from_tier", "from_tier"), ("to_tier", "to_tier"), ("basis", "basis"),
+        ("requires_approval", "requires_approval"), ("occurred_at", "occurred_at"),
+        ("rules_version", "rules_version"))),
+    "tier.changed": ("tier_changes", (
+        ("event_id", "event_id"), ("proposal_id", "proposal_id"), *_ENVELOPE,
+        ("from_tier", "from_tier"), ("to_tier", "to_tier"), ("occurred_at", "occurred_at"),
+        ("rules_version", "rules_version"))),
+}
+_PLANS = {t: (table, tuple(c for c, _ in cols), tuple(f for _, f in cols))
+          for t, (table, cols) in DERIVED_TABLES.items()}
+DERIVED_GROUP = "cxledger-derived-sink"
+
+
+def derived_row(record: dict[str, Any]) -> tuple[str, tuple[str, ...], list[Any]] | None:
+    """(table, columns, row) for a derived record; None for a type without a table."""
+    plan = _PLANS.get(record["event_type"])
+    if plan is None:
+        return None
+    table, columns, fields = plan
+    return table, columns, [record[f] for f in fields]
+
+
+def map_derived(record: dict[str, Any], schema_id: int,
+                msg: Message) -> Iterable[tuple[str, tuple[str, ...], list[Any]]]:
+    row = derived_row(record)
+    if row is not None:
+        yield row
+
+
+def derived_sink(settings: Settings, client: Client, codec: WireCodec | None = None,
+                 **kwargs: Any) -> ClickHouseSink:
+    topics = list(dict.fromkeys(settings.topics.derived.values()))
+    return ClickHouseSink(settings, client, topics, DERIVED_GROUP, map_derived, codec=codec,
+                          **kwargs)
