@@ -187,14 +187,14 @@ def open_breached(complaint: Mapping) -> bool:
     return complaint["closed_at"] is None and bool(complaint["breaches"])
 
 
-def prune(complaints: dict[str, dict], now: int, rules: ComplaintRules) -> None:
+def prune(complaints: dict[str, dict], now: int, rules: ComplaintRules) -> list[dict]:
     """Forget complaints closed more than ``retain_closed`` ago with nothing pending (their
-    history is in the ledger; a later event for one is an unknown-complaint anomaly)."""
+    history is in the ledger; a later event for one is an unknown-complaint anomaly).
+    Returns the forgotten complaints."""
     limit = now - rules.retain_closed_ms
     stale = [cid for cid, c in complaints.items()
              if c["closed_at"] is not None and c["closed_at"] <= limit and not c["pending"]]
-    for cid in stale:
-        del complaints[cid]
+    return [complaints.pop(cid) for cid in stale]
 
 
 # -- handlers -----------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ class PartitionFold:
         self._deadlines: list[tuple[int, str, str, int, int]] = []
         self._dirty: set[str] = set()
         self._complaints_touched: set[tuple[str, str]] = set()  # since the last drain
+        self._pruned_undrained: list[dict] = []  # final states of complaints pruned before a drain
         cr = self.rules.churn
         self._bounced_min = cr.bounced_min_transfers
         self._low_satisfaction = cr.low_satisfaction_below
@@ -127,7 +128,8 @@ class PartitionFold:
     def drain_complaints(self) -> list[dict]:
         """``complaint.state_changed`` for every complaint changed since the last drain
         (by an event or a breach), sorted by (customer, complaint)."""
-        out = []
+        out = self._pruned_undrained
+        self._pruned_undrained = []
         version = self.rules.version
         for cid, complaint_id in sorted(self._complaints_touched):
             cust = self.customers.get(cid)
@@ -232,7 +234,12 @@ class PartitionFold:
         for deadline, cmp_id, sla, cycle in armed:
             heapq.heappush(self._deadlines, (deadline, cid, cmp_id, SLA_RANK[sla], cycle))
         if etype == "complaint.closed":
-            complaints.prune(cust["complaints"], at, rules.complaints)
+            for gone in complaints.prune(cust["complaints"], at, rules.complaints):
+                key = (cid, gone["complaint_id"])
+                if key in self._complaints_touched:  # not drained yet: keep its last state
+                    self._complaints_touched.discard(key)
+                    self._pruned_undrained.append(
+                        complaints.state_changed(gone, cid, rules.version))
         if etype != "complaint.filed" or first_filing:
             churn.observe(cust["churn"], event, rules.churn)
         self._churn(cust, event, at, out)

@@ -268,3 +268,37 @@ def test_every_derived_event_fits_its_avro_schema():
     for e in derived:
         decoded, _ = codec.decode(codec.encode(e))
         assert decoded == e, e["event_type"]
+
+
+def _lifecycle(complaint_id: str, at: int) -> list[dict]:
+    steps = ["complaint.acknowledged", "complaint.resolved", "complaint.feedback_delivered",
+             "complaint.followed_up", "complaint.closed"]
+    return [filed(at, complaint_id, "c-1")] + [
+        complaint_event(step, at + (i + 1) * MIN, complaint_id, "c-1")
+        for i, step in enumerate(steps)]
+
+
+def test_a_complaint_pruned_before_any_drain_is_still_reported_once():
+    """A closed complaint is forgotten 30 days later, on the customer's next close. Whether a
+    drain ran in between (live: every batch) or not (replay: one big page), its final state
+    is reported exactly once."""
+    day = 24 * HOUR
+    events = _lifecycle("old", T0) + _lifecycle("new", T0 + 40 * day)
+
+    one_page = PartitionFold(RULES)
+    for event in events:
+        one_page.apply(event)
+    drained_once = {s["complaint_id"]: s for s in one_page.drain_complaints()}
+
+    per_event = PartitionFold(RULES)
+    drained: dict[str, dict] = {}
+    for event in events:
+        per_event.apply(event)
+        for state in per_event.drain_complaints():
+            drained[state["complaint_id"]] = state
+
+    assert set(drained_once) == {"old", "new"}
+    assert drained_once == drained
+    assert drained_once["old"]["status"] == "closed"
+    assert "old" not in one_page.customer_state("c-1")["complaints"]
+    assert one_page.drain_complaints() == []
