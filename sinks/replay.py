@@ -66,14 +66,26 @@ def record_from_payload(payload: str, occurred_ms: int) -> dict[str, Any]:
     return record
 
 
-def ledger_records(client: Client) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(partition, record) for every ledger event, per partition in offset order."""
-    query = ("SELECT kafka_partition, toUnixTimestamp64Milli(occurred_at), payload "
-             "FROM ledger_events FINAL ORDER BY kafka_partition, kafka_offset")
-    with client.query_row_block_stream(query) as stream:
-        for block in stream:
-            for partition, occurred_ms, payload in block:
-                yield partition, record_from_payload(payload, occurred_ms)
+def ledger_pages(client: Client, page_rows: int = _CHUNK
+                 ) -> Iterator[dict[int, list[dict[str, Any]]]]:
+    """Pages of ledger records, {partition: records in offset order}, partition by partition.
+
+    Pages rather than one result stream: the store must accept the replayed rows between reads.
+    """
+    partitions = [p for (p,) in client.query(
+        "SELECT DISTINCT kafka_partition FROM ledger_events ORDER BY 1").result_rows]
+    for partition in partitions:
+        after = -1
+        while True:
+            rows = client.query(
+                "SELECT kafka_offset, toUnixTimestamp64Milli(occurred_at), payload "
+                "FROM ledger_events FINAL WHERE kafka_partition = {p:UInt16} "
+                "AND kafka_offset > {after:Int64} ORDER BY kafka_offset LIMIT {n:UInt32}",
+                parameters={"p": partition, "after": after, "n": page_rows}).result_rows
+            if not rows:
+                break
+            after = rows[-1][0]
+            yield {partition: [record_from_payload(payload, ms) for _, ms, payload in rows]}
 
 
 def replay_tables(client: Client) -> list[str]:
@@ -95,23 +107,13 @@ def replay(client: Client, rules: Rules, show_progress: bool = True) -> ReplayRe
     total = client.query("SELECT count() FROM ledger_events FINAL").result_rows[0][0]
     folds = PartitionFolds(rules)
     events = derived_count = 0
-    chunk: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    in_chunk = 0
     with tqdm(total=total, desc="replaying", unit="ev", disable=not show_progress,
               leave=False) as bar:
-        for partition, record in ledger_records(client):
-            chunk[partition].append(record)
-            in_chunk += 1
-            if in_chunk >= _CHUNK:
-                derived_count += _write(client, folds.fold_batch(chunk))
-                events += in_chunk
-                bar.update(in_chunk)
-                chunk.clear()
-                in_chunk = 0
-        if in_chunk:
-            derived_count += _write(client, folds.fold_batch(chunk))
-            events += in_chunk
-            bar.update(in_chunk)
+        for page in ledger_pages(client):
+            derived_count += _write(client, folds.fold_batch(page))
+            n = sum(len(records) for records in page.values())
+            events += n
+            bar.update(n)
     seconds = time.monotonic() - started
     report = ReplayReport(events, derived_count, seconds, compare(client))
     log.info("replay finished", events=events, derived=derived_count, seconds=round(seconds, 2),
