@@ -26,8 +26,9 @@ SUMMARY_QUERIES = [
         FROM ledger GROUP BY city ORDER BY events DESC LIMIT 10"""),
     ("Timeline of the busiest customer ({customer})", """
         SELECT occurred_at, event_type, channel,
-               coalesce(JSONExtractString(payload, 'complaint_id'),
-                        JSONExtractString(payload, 'contact_id')) AS case_or_contact
+               coalesce(nullIf(JSONExtractString(payload, 'complaint_id'), ''),
+                        nullIf(JSONExtractString(payload, 'contact_id'), ''),
+                        nullIf(JSONExtractString(payload, 'survey_id'), '')) AS case_or_contact
         FROM ledger WHERE customer_id = {customer_q} ORDER BY occurred_at LIMIT 15"""),
 ]
 
@@ -53,13 +54,13 @@ def pretty(client, sql: str) -> str:
 
 DERIVED_QUERIES = [
     ("Top 5 cities by satisfaction (composite of all scored surveys)", """
-        SELECT city, round(avg(composite), 2) AS composite, count() AS surveys
-        FROM satisfaction_scores FINAL WHERE composite IS NOT NULL
-        GROUP BY city ORDER BY composite DESC LIMIT 5"""),
+        SELECT city, round(avg(s.composite), 2) AS avg_composite, count() AS surveys
+        FROM satisfaction_scores AS s FINAL WHERE s.composite IS NOT NULL
+        GROUP BY city ORDER BY avg_composite DESC LIMIT 5"""),
     ("Bottom 3 cities", """
-        SELECT city, round(avg(composite), 2) AS composite, count() AS surveys
-        FROM satisfaction_scores FINAL WHERE composite IS NOT NULL
-        GROUP BY city ORDER BY composite ASC LIMIT 3"""),
+        SELECT city, round(avg(s.composite), 2) AS avg_composite, count() AS surveys
+        FROM satisfaction_scores AS s FINAL WHERE s.composite IS NOT NULL
+        GROUP BY city ORDER BY avg_composite ASC LIMIT 3"""),
     ("Satisfaction alerts (a city's daily composite below the red line)", """
         SELECT count() AS alerts, uniqExact(city) AS cities,
                arrayStringConcat(groupUniqArray(5)(city), ', ') AS e_g FROM satisfaction_alerts"""),

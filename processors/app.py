@@ -78,7 +78,7 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
         broker_commit_interval=1.0,
         # A new group waits about one rebalance timeout (the poll interval) before it is
         # assigned: keep it short so a worker starts in seconds.
-        broker_max_poll_interval=10.0,
+        broker_max_poll_interval=120.0,
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
         producer_acks=-1,
