@@ -85,6 +85,7 @@ def run_demo(settings: Settings, *, events: int, input_file: Path | None, seed: 
     with Pipeline(settings) as pipe:
         pipe.start_sinks()
         pipe.start_processors(workers, log_dir=settings.store.parent)
+        pipe.wait_for_processor_group()
         with LedgerProducer(pipe.settings, codec=pipe.codec) as producer:
             if input_file is not None:
                 summary = publish_file(input_file, producer,

@@ -122,6 +122,32 @@ class Pipeline:
         self._stack.callback(self.stop_processors)
         log.info("processors started", workers=workers)
 
+    def wait_for_processor_group(self, timeout: float = 60.0) -> None:
+        """Block until the processors' consumer group is STABLE (every worker started
+        together has its partitions), so no partition moves while the first events flow."""
+        from confluent_kafka import ConsumerGroupState
+        from confluent_kafka.admin import AdminClient
+
+        from processors.app import APP_ID
+
+        admin = AdminClient(self.settings.kafka_conf())
+        deadline = time.monotonic() + timeout
+        while True:
+            for proc in self._workers:
+                if proc.poll() is not None:
+                    raise PipelineError(f"a processor exited with code {proc.returncode}")
+            try:
+                group = admin.describe_consumer_groups([APP_ID])[APP_ID].result(timeout=5)
+                if group.state == ConsumerGroupState.STABLE:
+                    log.info("processors ready", group=APP_ID)
+                    return
+            except Exception as exc:  # the group does not exist until the first join
+                log.debug("processor group not described yet", error=str(exc))
+            if time.monotonic() > deadline:
+                raise PipelineError(f"the processors did not join group {APP_ID} within "
+                                    f"{timeout:.0f}s; see the worker logs")
+            time.sleep(0.5)
+
     def stop_processors(self) -> None:
         workers, self._workers = self._workers, []
         for proc in workers:
