@@ -196,6 +196,20 @@ def cmd_process(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_gateway(args, settings: Settings) -> int:
+    from producers.gateway import Gateway
+
+    _need_kafka(settings)
+    gateway = Gateway(settings, host=args.host, port=args.port)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=gateway.shutdown).start())
+    print(f"gateway on http://{args.host}:{gateway.port}/events", file=sys.stderr)
+    try:
+        gateway.serve_forever()
+    except KeyboardInterrupt:
+        gateway.shutdown()
+    return 0
+
+
 def cmd_broker(args, settings: Settings) -> int:
     from cxledger.localstack import LocalBroker
 
@@ -279,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faust-log-level", default="warning",
                    choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_process)
+
+    p = sub.add_parser("gateway", help="HTTP gateway: POST /events for non-Python channels")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
     p.add_argument("--port", type=int)
