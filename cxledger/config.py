@@ -16,6 +16,8 @@ Environment variables:
   CXLEDGER_RULES                    path of a rules file (default: the shipped rules)
   CXLEDGER_LOG_FORMAT               console | json (default: console on a terminal, else json)
   CXLEDGER_LOG_LEVEL                debug | info | warning | error
+  CXLEDGER_LIVE_CLOCK               true | false: idle partitions' clocks follow wall time
+                                    (default true; the demo and backfills use event time only)
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ class Settings:
     log_level: str = "info"
     sink_batch_rows: int = 20_000
     sink_batch_seconds: float = 0.5
+    # Live mode: idle partitions' clocks follow wall time (domain.md); off for backfills.
+    live_clock: bool = True
 
     @property
     def dsn(self) -> str:
@@ -127,7 +131,8 @@ class Settings:
         if self.log_format:
             lines.append(f"format = {q(self.log_format)}")
         lines += ["[sink]", f"batch_rows = {self.sink_batch_rows}",
-                  f"batch_seconds = {self.sink_batch_seconds}"]
+                  f"batch_seconds = {self.sink_batch_seconds}",
+                  "[processors]", f"live_clock = {'true' if self.live_clock else 'false'}"]
         return "\n".join(lines) + "\n"
 
 
@@ -186,4 +191,16 @@ def load_settings(config_file: str | Path | None = None,
         log_level=env.get("CXLEDGER_LOG_LEVEL") or logs.get("level", "info"),
         sink_batch_rows=int(sink.get("batch_rows", 20_000)),
         sink_batch_seconds=float(sink.get("batch_seconds", 0.5)),
+        live_clock=_flag(env.get("CXLEDGER_LIVE_CLOCK"),
+                         data.get("processors", {}).get("live_clock", True)),
     )
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    if value is None:
+        return bool(default)
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"CXLEDGER_LIVE_CLOCK must be true or false, got {value!r}")

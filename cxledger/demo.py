@@ -81,6 +81,7 @@ def run_demo(settings: Settings, *, events: int, input_file: Path | None, seed: 
              keep: bool = False, workers: int = 1, out=sys.stdout) -> int:
     if settings.embedded_store:
         prepare_store(settings.store, keep)
+    settings = settings.with_(live_clock=False)  # a backfill: event time alone (domain.md)
     rejected = 0
     with Pipeline(settings) as pipe:
         pipe.start_sinks()

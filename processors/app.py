@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -31,6 +32,7 @@ from faust.tables.table import Table
 
 from cxledger.config import Settings
 from processors.batch import PartitionFolds, partition_of_key
+from processors.ledger import live_clock_target
 from processors.rules import Rules, load_rules
 from confluent_kafka import Producer
 
@@ -105,7 +107,7 @@ class DerivedProducer:
 
 
 def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: int = 2000,
-               batch_within: float = 0.2) -> faust.App:
+               batch_within: float = 0.2, live_clock_interval: float = 10.0) -> faust.App:
     rules = rules or load_rules(settings.rules_path)
     bootstrap = ";".join(f"kafka://{b}" for b in settings.kafka_bootstrap.split(","))
     app = faust.App(
@@ -161,14 +163,35 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
                     recover(msg.partition)
                 batch[msg.partition].append(record)
             derived = folds.fold_batch(batch)
-            for key, value in folds.changed_state(batch):
-                state[key.encode()] = value
-            topic_for = settings.topics.for_derived
-            for record in derived:
-                producer.send(topic_for(record["event_type"]),
-                              (record["customer_id"] or record["city"]).encode(),
-                              codec.encode(record))
-            await producer.settle()  # acknowledged before the batch is acked
+            await persist_and_send(derived, batch)  # acknowledged before the batch is acked
+
+    async def persist_and_send(derived: list[dict[str, Any]], partitions) -> None:
+        for key, value in folds.changed_state(partitions):
+            state[key.encode()] = value
+        topic_for = settings.topics.for_derived
+        for record in derived:
+            producer.send(topic_for(record["event_type"]),
+                          (record["customer_id"] or record["city"]).encode(),
+                          codec.encode(record))
+        await producer.settle()
+
+    async def advance_idle_clocks() -> None:
+        """Live mode: an idle partition's clock follows wall time less the allowed lateness,
+        only while its event time is within the live lag of wall time (never in a backfill:
+        there the event time is far behind, and ``live_clock_target`` says no)."""
+        now_ms = int(time.time() * 1000)
+        derived, moved = [], []
+        for partition, fold in list(folds.folds.items()):
+            target = live_clock_target(fold.clock, now_ms, rules)
+            if target is not None:
+                derived += fold.advance_clock(target)
+                derived += fold.drain_windows() + fold.drain_complaints()
+                moved.append(partition)
+        if moved:
+            await persist_and_send(derived, moved)
+
+    if settings.live_clock:
+        app.timer(interval=live_clock_interval)(advance_idle_clocks)
 
     def recover(partition: int) -> None:
         """Rebuild a newly assigned partition's fold from the (recovered) table."""
