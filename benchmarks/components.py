@@ -52,9 +52,9 @@ def validation(quick: bool = False) -> dict:
 
 
 def folds(quick: bool = False) -> dict:
-    """Replay speed through the pure folds: 6 partitions (customers hashed), batches of
-    50,000 per partition, window and complaint drains after each, as ``cxledger replay``."""
-    from processors.batch import PartitionFolds
+    """Speed through the pure folds: 6 partitions (customers hashed), batches of 5,000 per
+    partition with window and complaint drains after each, and the worker's GC settings."""
+    from processors.batch import PartitionFolds, settle_heap, tune_gc_for_folds
     from processors.rules import load_rules
 
     n, repeats = (50_000, 3) if quick else (300_000, 5)
@@ -65,12 +65,16 @@ def folds(quick: bool = False) -> dict:
     rules = load_rules()
     derived_counts = []
 
+    tune_gc_for_folds()
+    settle_heap()
+
     def run():
         folds_ = PartitionFolds(rules)
         derived = 0
         for p, rs in by_partition.items():
-            for i in range(0, len(rs), 50_000):
-                derived += len(folds_.fold_batch({p: rs[i:i + 50_000]}))
+            for i in range(0, len(rs), 5_000):
+                derived += len(folds_.fold_batch({p: rs[i:i + 5_000]}))
+                settle_heap()
         derived_counts.append(derived)
 
     seconds = _time(run, repeats)

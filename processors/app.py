@@ -31,7 +31,7 @@ import structlog
 from faust.tables.table import Table
 
 from cxledger.config import Settings
-from processors.batch import PartitionFolds, partition_of_key
+from processors.batch import PartitionFolds, partition_of_key, settle_heap, tune_gc_for_folds
 from processors.ledger import live_clock_target
 from processors.rules import Rules, load_rules
 from confluent_kafka import Producer
@@ -109,6 +109,7 @@ class DerivedProducer:
 def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: int = 2000,
                batch_within: float = 0.2, live_clock_interval: float = 10.0) -> faust.App:
     rules = rules or load_rules(settings.rules_path)
+    tune_gc_for_folds()
     bootstrap = ";".join(f"kafka://{b}" for b in settings.kafka_bootstrap.split(","))
     app = faust.App(
         APP_ID,
@@ -164,6 +165,8 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
                 batch[msg.partition].append(record)
             derived = folds.fold_batch(batch)
             await persist_and_send(derived, batch)  # acknowledged before the batch is acked
+            del derived
+            settle_heap()
 
     async def persist_and_send(derived: list[dict[str, Any]], partitions) -> None:
         for key, value in folds.changed_state(partitions):

@@ -20,7 +20,7 @@ import structlog
 from clickhouse_connect.driver.client import Client
 from tqdm import tqdm
 
-from processors.batch import PartitionFolds
+from processors.batch import PartitionFolds, settle_heap, tune_gc_for_folds
 from processors.rules import Rules
 from sinks.clickhouse import ddl_text, statements
 from sinks.derived_sink import DERIVED_TABLES, derived_row
@@ -106,6 +106,7 @@ def replay(client: Client, rules: Rules, show_progress: bool = True) -> ReplayRe
     create_replay_tables(client)
     total = client.query("SELECT count() FROM ledger_events FINAL").result_rows[0][0]
     folds = PartitionFolds(rules)
+    tune_gc_for_folds()
     events = derived_count = 0
     with tqdm(total=total, desc="replaying", unit="ev", disable=not show_progress,
               leave=False) as bar:
@@ -114,6 +115,7 @@ def replay(client: Client, rules: Rules, show_progress: bool = True) -> ReplayRe
             n = sum(len(records) for records in page.values())
             events += n
             bar.update(n)
+            settle_heap()
     seconds = time.monotonic() - started
     report = ReplayReport(events, derived_count, seconds, compare(client))
     log.info("replay finished", events=events, derived=derived_count, seconds=round(seconds, 2),
