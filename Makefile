@@ -7,10 +7,11 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test unit bench install clean
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "installing into $(VENV) ..." >&2
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip >&2
+	@$(PY) -m pip install --quiet -e '.[dev]' >&2
+	@touch $(STAMP)
 
 install: $(STAMP)
 
@@ -24,7 +25,7 @@ unit: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 bench: $(STAMP)
-	$(PY) -m benchmarks
+	@$(PY) -m benchmarks
 
 clean:
 	rm -rf $(VENV) .cxledger

@@ -221,5 +221,6 @@ class Pipeline:
         self._stop.set()
         for running in self._sinks:
             running.thread.join(timeout=30)
+        self._sinks.clear()
         self._stack.close()
 

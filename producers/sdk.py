@@ -45,6 +45,11 @@ def make_codec(settings: Settings) -> WireCodec:
     return WireCodec()
 
 
+class _Closed:
+    def __getattr__(self, name: str):
+        raise RuntimeError("this LedgerProducer is closed; create a new one to publish")
+
+
 PRODUCER_DEFAULTS = {
     "enable.idempotence": True,
     "acks": "all",
@@ -135,7 +140,10 @@ class LedgerProducer:
         self._raise_failures()
 
     def close(self) -> None:
+        """Deliver everything, then release the client (its connections close now, not at
+        garbage collection, which may be after the broker is gone)."""
         self.flush()
+        self._producer = _Closed()
 
     def __enter__(self) -> "LedgerProducer":
         return self
@@ -148,3 +156,4 @@ class LedgerProducer:
                 self._producer.flush(30)
             except Exception:
                 pass
+            self._producer = _Closed()

@@ -169,9 +169,12 @@ class ClickHouseSink:
             self.close()
 
     def close(self) -> None:
+        if self.deadletter is None:
+            return  # already closed
         try:
             self.consumer.close()
         finally:
             self.deadletter.flush(10)
+            self.deadletter = None  # release its connections now, while the broker is up
         log.info("sink stopped", sink=self.name, consumed=self.stats.consumed,
                  written=self.stats.written, deadlettered=self.stats.deadlettered)
