@@ -55,6 +55,7 @@ class SatisfactionRules:
     red_below: float
     recovery_target: float
     national_target: float
+    alert_min_responses: int = 20
 
     def weights_for(self, city: str) -> tuple[str, Mapping[str, float]]:
         """The (profile name, weights) for a city: its own profile, else ``"default"``."""
@@ -217,8 +218,10 @@ def _satisfaction(t: _Table) -> SatisfactionRules:
     if not red <= recovery <= target:
         raise RulesError(t.key("red_below"),
                          "thresholds must satisfy red_below <= recovery_target <= national_target")
+    min_responses = t.integer("alert_min_responses", low=1)
     t.done()
-    return SatisfactionRules(weights, MappingProxyType(profiles), red, recovery, target)
+    return SatisfactionRules(weights, MappingProxyType(profiles), red, recovery, target,
+                             min_responses)
 
 
 def _windows(t: _Table) -> WindowRules:

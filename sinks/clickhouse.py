@@ -70,4 +70,5 @@ def view_params(rules=None) -> dict[str, str]:
         "first_response_bounds": "[" + ", ".join(f"toFloat64('{b}')" if b == "inf" else
                                                    f"{float(b)}" for b in bounds) + "]",
         "red_threshold": f"{float(rules.satisfaction.red_below)}",
+        "alert_min_responses": f"{int(rules.satisfaction.alert_min_responses)}",
     }

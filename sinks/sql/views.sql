@@ -1,4 +1,4 @@
--- Views for ops and dashboards. {first_response_bounds} is filled from the rules file.
+-- Views for ops and dashboards. {placeholders} are filled from the rules file.
 
 -- Every window per city / channel / tier, the ledger partitions summed.
 CREATE VIEW IF NOT EXISTS satisfaction_windows AS
@@ -59,11 +59,11 @@ FROM satisfaction_window_partials AS p FINAL
 WHERE window = '1d'
 GROUP BY day, city;
 
--- A city's daily composite below the red threshold.
+-- A city's daily composite below the red threshold, on enough responses to mean something.
 CREATE VIEW IF NOT EXISTS satisfaction_alerts AS
 SELECT day, city, composite, surveys, {red_threshold} AS threshold
 FROM satisfaction_city_daily
-WHERE composite < {red_threshold};
+WHERE composite < {red_threshold} AND surveys >= {alert_min_responses};
 
 CREATE VIEW IF NOT EXISTS churn_risk_current AS
 SELECT
