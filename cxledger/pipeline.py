@@ -82,26 +82,16 @@ class Pipeline:
                        show_progress: bool = True) -> None:
         """Block until the sinks reached ``targets`` ((topic, partition) -> next offset), e.g.
         a producer's ``positions`` after flush: everything it published is then in ClickHouse."""
-        ends = {tp: off for tp, off in targets.items() if off > 0}
-        total = sum(ends.values())
-        deadline = time.monotonic() + timeout
-        with tqdm(total=total, desc="into ClickHouse", unit="ev", disable=not show_progress,
-                  leave=False) as bar:
-            while True:
-                positions: dict[tuple[str, int], int] = {}
-                for running in self._sinks:
-                    positions.update(running.sink.stats.positions)
-                    if not running.thread.is_alive() and not self._stop.is_set():
-                        raise PipelineError(f"sink {running.sink.name} stopped unexpectedly; "
-                                            "see the log above")
-                done = sum(min(positions.get(tp, 0), end) for tp, end in ends.items())
-                bar.update(done - bar.n)
-                if done >= total:
-                    return
-                if time.monotonic() > deadline:
-                    raise PipelineError(f"only {done} of {total} events reached ClickHouse within "
-                                        f"{timeout:.0f}s")
-                time.sleep(0.1)
+        def positions() -> dict[tuple[str, int], int]:
+            out: dict[tuple[str, int], int] = {}
+            for running in self._sinks:
+                out.update(running.sink.stats.positions)
+                if not running.thread.is_alive() and not self._stop.is_set():
+                    raise PipelineError(f"sink {running.sink.name} stopped unexpectedly; "
+                                        "see the log above")
+            return out
+
+        _wait_for_positions(positions, targets, "into ClickHouse", timeout, 0.1, show_progress)
 
     # -- processors -----------------------------------------------------------------------
     def start_processors(self, workers: int = 1, log_dir: Path | None = None) -> None:
@@ -176,24 +166,13 @@ class Pipeline:
         of those ledger events has then been acknowledged by the broker."""
         from processors.app import APP_ID
 
-        ends = {tp: off for tp, off in targets.items() if off > 0}
-        total = sum(ends.values())
-        deadline = time.monotonic() + timeout
-        with tqdm(total=total, desc="processing", unit="ev", disable=not show_progress,
-                  leave=False) as bar:
-            while True:
-                for proc in self._workers:
-                    if proc.poll() is not None:
-                        raise PipelineError(f"a processor exited with code {proc.returncode}")
-                committed = self.processed_offsets(APP_ID, self.settings.topics.ledger)
-                done = sum(min(committed.get(tp, 0), end) for tp, end in ends.items())
-                bar.update(done - bar.n)
-                if done >= total:
-                    return
-                if time.monotonic() > deadline:
-                    raise PipelineError(f"processors committed {done} of {total} events within "
-                                        f"{timeout:.0f}s")
-                time.sleep(0.5)
+        def committed() -> dict[tuple[str, int], int]:
+            for proc in self._workers:
+                if proc.poll() is not None:
+                    raise PipelineError(f"a processor exited with code {proc.returncode}")
+            return self.processed_offsets(APP_ID, self.settings.topics.ledger)
+
+        _wait_for_positions(committed, targets, "processing", timeout, 0.5, show_progress)
 
     def fence(self, topics: list[str]) -> dict[tuple[str, int], int]:
         """Write a marker to every partition of ``topics``; returns the offsets just past them.
@@ -224,3 +203,21 @@ class Pipeline:
         self._sinks.clear()
         self._stack.close()
 
+
+def _wait_for_positions(current, targets: dict[tuple[str, int], int], what: str,
+                        timeout: float, interval: float, show_progress: bool) -> None:
+    """Poll ``current()`` ((topic, partition) -> offset) until it reaches ``targets``."""
+    ends = {tp: off for tp, off in targets.items() if off > 0}
+    total = sum(ends.values())
+    deadline = time.monotonic() + timeout
+    with tqdm(total=total, desc=what, unit="ev", disable=not show_progress, leave=False) as bar:
+        while True:
+            positions = current()
+            done = sum(min(positions.get(tp, 0), end) for tp, end in ends.items())
+            bar.update(done - bar.n)
+            if done >= total:
+                return
+            if time.monotonic() > deadline:
+                raise PipelineError(f"{what}: only {done} of {total} events within "
+                                    f"{timeout:.0f}s")
+            time.sleep(interval)

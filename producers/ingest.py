@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from producers.sdk import LedgerProducer
-from schemas.validation import EventValidationError, normalize_event
+from schemas.validation import EventValidationError
 
 
 class IngestError(ValueError):

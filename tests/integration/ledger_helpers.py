@@ -32,3 +32,48 @@ def read_topic(settings, topic: str, expected: int, timeout: float = 20.0) -> li
         return got
     finally:
         consumer.close()
+
+
+def make_events(prefix: str, n: int) -> list[dict]:
+    """``n`` valid events of four types over 37 customers named ``<prefix>-<i>``."""
+    from tests.unit.events import billing, contact, envelope, survey
+
+    makers = [contact, survey, billing,
+              lambda **kw: envelope("complaint.filed", complaint_id=f"{prefix}-cp",
+                                    category="logistics", severity="urgent", **kw)]
+    return [makers[i % len(makers)](customer_id=f"{prefix}-{i % 37}",
+                                    occurred_at=1_741_000_000_000 + i * 1_000)
+            for i in range(n)]
+
+
+def assert_ledger_holds_exactly(client, events: list[dict], prefix: str, partitions: int) -> None:
+    """ClickHouse's ``ledger`` holds each of ``events`` once, with the same contents, and each
+    customer's events on one partition in time order."""
+    import json
+
+    from schemas.jsonform import to_json_form
+    from schemas.validation import normalize_event
+
+    rows = client.query(
+        "SELECT toString(event_id), event_type, toUnixTimestamp64Milli(occurred_at), customer_id,"
+        " channel, city, agent_id, payload, schema_id, kafka_partition FROM ledger"
+        " WHERE customer_id LIKE {p:String}", parameters={"p": f"{prefix}-%"}).result_rows
+    assert len(rows) == len(events)
+    expected = {e["event_id"]: normalize_event(e) for e in events}
+    for event_id, event_type, occurred_ms, customer, channel, city, agent, payload, sid, part in rows:
+        record = expected.pop(event_id)
+        assert (event_type, occurred_ms, customer, channel, city, agent) == (
+            record["event_type"], record["occurred_at"], record["customer_id"],
+            record["channel"], record["city"], record["agent_id"])
+        assert json.loads(payload) == json.loads(json.dumps(to_json_form(record)))
+        assert sid > 0 and 0 <= part < partitions
+    assert expected == {}
+    per_customer = client.query(
+        "SELECT customer_id, uniqExact(kafka_partition),"
+        " arraySort(x -> x.1, groupArray((kafka_offset, occurred_at))) AS seq"
+        " FROM ledger WHERE customer_id LIKE {p:String} GROUP BY customer_id",
+        parameters={"p": f"{prefix}-%"}).result_rows
+    for _, used_partitions, seq in per_customer:
+        assert used_partitions == 1
+        times = [t for _, t in seq]
+        assert times == sorted(times)

@@ -14,19 +14,15 @@ sinks.clickhouse.connect(), and any number of those can coexist with chDB in one
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
 
 from cxledger.config import Settings, Topics, load_settings
 from producers.sdk import LedgerProducer
-from schemas.jsonform import to_json_form
-from schemas.validation import normalize_event
 from sinks.ledger_sink import ledger_sink
 
-from tests.integration.ledger_helpers import drain
-from tests.unit.events import billing, contact, envelope, survey
+from tests.integration.ledger_helpers import assert_ledger_holds_exactly, drain, make_events
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
@@ -106,13 +102,6 @@ def env_settings(kafka_bootstrap, clickhouse_server_dsn) -> Settings:
     return settings
 
 
-def make_events(prefix: str, n: int) -> list[dict]:
-    makers = [contact, survey, billing,
-              lambda **kw: envelope("complaint.filed", complaint_id=f"{prefix}-cp",
-                                    category="logistics", severity="urgent", **kw)]
-    return [makers[i % len(makers)](customer_id=f"{prefix}-{i % 37}",
-                                    occurred_at=1_741_000_000_000 + i * 1_000)
-            for i in range(n)]
 
 
 def test_published_events_arrive_in_the_clickhouse_server_exactly(env_settings, server):
@@ -125,29 +114,7 @@ def test_published_events_arrive_in_the_clickhouse_server_exactly(env_settings, 
         drain(sink, producer.positions, timeout=120)
     finally:
         sink.close()
-    rows = server.query(
-        "SELECT toString(event_id), event_type, toUnixTimestamp64Milli(occurred_at), customer_id,"
-        " channel, city, agent_id, payload, schema_id, kafka_partition FROM ledger"
-        " WHERE customer_id LIKE {p:String}", parameters={"p": f"{prefix}-%"}).result_rows
-    assert len(rows) == len(events)
-    expected = {e["event_id"]: normalize_event(e) for e in events}
-    for event_id, event_type, occurred_ms, customer, channel, city, agent, payload, sid, part in rows:
-        record = expected.pop(event_id)
-        assert (event_type, occurred_ms, customer, channel, city, agent) == (
-            record["event_type"], record["occurred_at"], record["customer_id"],
-            record["channel"], record["city"], record["agent_id"])
-        assert json.loads(payload) == json.loads(json.dumps(to_json_form(record)))
-        assert sid > 0 and 0 <= part < env_settings.topics.partitions
-    assert expected == {}
-    per_customer = server.query(
-        "SELECT customer_id, uniqExact(kafka_partition),"
-        " arraySort(x -> x.1, groupArray((kafka_offset, occurred_at))) AS seq"
-        " FROM ledger WHERE customer_id LIKE {p:String} GROUP BY customer_id",
-        parameters={"p": f"{prefix}-%"}).result_rows
-    for _, partitions, seq in per_customer:
-        assert partitions == 1
-        times = [t for _, t in seq]
-        assert times == sorted(times)
+    assert_ledger_holds_exactly(server, events, prefix, env_settings.topics.partitions)
 
 
 class CrashBeforeCommit(Exception):

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
 from confluent_kafka import Producer
 
 from producers.sdk import LedgerProducer
-from schemas.jsonform import to_json_form
-from schemas.validation import normalize_event
 from sinks.ledger_sink import ledger_sink
 
-from tests.integration.ledger_helpers import drain, read_topic
-from tests.unit.events import billing, contact, envelope, survey
+from tests.integration.ledger_helpers import (assert_ledger_holds_exactly, drain, make_events,
+                                              read_topic)
 
 pytestmark = pytest.mark.integration
 
 
-def make_events(prefix: str, n: int) -> list[dict]:
-    makers = [contact, survey, billing,
-              lambda **kw: envelope("complaint.filed", complaint_id=f"{prefix}-cp",
-                                    category="logistics", severity="urgent", **kw)]
-    events = []
-    for i in range(n):
-        ts = 1_741_000_000_000 + i * 1_000
-        events.append(makers[i % len(makers)](customer_id=f"{prefix}-{i % 37}", occurred_at=ts))
-    return events
 
 
 def test_published_events_arrive_in_clickhouse_exactly(settings, clickhouse):
@@ -41,30 +29,7 @@ def test_published_events_arrive_in_clickhouse_exactly(settings, clickhouse):
         drain(sink, producer.positions)
     finally:
         sink.close()
-    rows = clickhouse.query(
-        "SELECT toString(event_id), event_type, toUnixTimestamp64Milli(occurred_at), customer_id,"
-        " channel, city, agent_id, payload, schema_id, kafka_partition FROM ledger"
-        " WHERE customer_id LIKE {p:String}", parameters={"p": f"{prefix}-%"}).result_rows
-    assert len(rows) == len(events)
-    expected = {e["event_id"]: normalize_event(e) for e in events}
-    for event_id, event_type, occurred_ms, customer, channel, city, agent, payload, sid, part in rows:
-        record = expected.pop(event_id)
-        assert (event_type, occurred_ms, customer, channel, city, agent) == (
-            record["event_type"], record["occurred_at"], record["customer_id"],
-            record["channel"], record["city"], record["agent_id"])
-        assert json.loads(payload) == json.loads(json.dumps(to_json_form(record)))
-        assert sid > 0 and 0 <= part < settings.topics.partitions
-    assert expected == {}
-    # one customer's events are on one partition, in order
-    per_customer = clickhouse.query(
-        "SELECT customer_id, uniqExact(kafka_partition),"
-        " arraySort(x -> x.1, groupArray((kafka_offset, occurred_at))) AS seq"
-        " FROM ledger WHERE customer_id LIKE {p:String} GROUP BY customer_id",
-        parameters={"p": f"{prefix}-%"}).result_rows
-    for _, partitions, seq in per_customer:
-        assert partitions == 1
-        times = [t for _, t in seq]
-        assert times == sorted(times)
+    assert_ledger_holds_exactly(clickhouse, events, prefix, settings.topics.partitions)
 
 
 class CrashBeforeCommit(Exception):
