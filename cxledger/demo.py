@@ -61,7 +61,7 @@ DERIVED_QUERIES = [
         SELECT city, round(avg(s.composite), 2) AS avg_composite, count() AS surveys
         FROM satisfaction_scores AS s FINAL WHERE s.composite IS NOT NULL
         GROUP BY city ORDER BY avg_composite ASC LIMIT 3"""),
-    ("Satisfaction alerts (a city's daily composite below the red line)", """
+    ("Satisfaction alerts (a city's daily composite below 80 on enough responses)", """
         SELECT count() AS alerts, uniqExact(city) AS cities,
                arrayStringConcat(groupUniqArray(5)(city), ', ') AS e_g FROM satisfaction_alerts"""),
     ("Complaint SLA breaches by type", """
@@ -107,8 +107,9 @@ def run_demo(settings: Settings, *, events: int, input_file: Path | None, seed: 
         print_summary(pipe.client, published, out)
         print_derived(pipe.client, out)
     where = settings.store if settings.embedded_store else settings.clickhouse_dsn
+    command = sys.argv[0] if sys.argv[0].endswith("cxledger") else "cxledger"
     print(f"\nThe ledger is in {where}. Query it with:\n"
-          f"  cxledger sql --store {settings.store} \"SELECT count() FROM ledger_events\"",
+          f"  {command} sql --store {settings.store} \"SELECT count() FROM ledger_events\"",
           file=out)
     return 1 if rejected else 0
 

@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from tqdm import tqdm
 
 from cxledger.config import Settings
-from cxledger.localstack import LocalBroker
+from cxledger.localstack import LocalBroker, die_with_parent
 from cxledger.topics import create_topics
 from producers.sdk import make_codec
 from sinks.clickhouse import connect, create_tables
@@ -105,7 +105,7 @@ class Pipeline:
                 [sys.executable, "-m", "cxledger.cli", "--config", str(config),
                  "--log-format", "json", "process"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=die_with_parent)
             if log_dir:
                 out.close()
             self._workers.append(proc)
