@@ -154,7 +154,8 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
                     record, _ = codec.decode(msg.value)
                 except DecodeError as exc:
                     producer.send(settings.topics.deadletter, msg.key, msg.value, headers=[
-                        ("reason", str(exc).encode()), ("source_topic", msg.topic.encode()),
+                        ("reason", str(exc).encode()), ("dead_lettered_by", APP_ID.encode()),
+                        ("source_topic", msg.topic.encode()),
                         ("source_partition", str(msg.partition).encode()),
                         ("source_offset", str(msg.offset).encode())])
                     log.warning("dead-lettered", partition=msg.partition, offset=msg.offset,

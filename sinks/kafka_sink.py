@@ -151,7 +151,8 @@ class ClickHouseSink:
         key = msg.key()
         self.deadletter.produce(
             self.settings.topics.deadletter, value=value, key=key,
-            headers=[("reason", reason.encode()), ("source_topic", msg.topic().encode()),
+            headers=[("reason", reason.encode()), ("dead_lettered_by", self.name.encode()),
+                     ("source_topic", msg.topic().encode()),
                      ("source_partition", str(msg.partition()).encode()),
                      ("source_offset", str(msg.offset()).encode())])
         log.warning("dead-lettered", sink=self.name, topic=msg.topic(),

@@ -1,5 +1,4 @@
-"""Live mode: an idle partition's clock follows wall time, so a deadline passes with no
-further events (domain.md: less the allowed lateness, only near wall time)."""
+"""The faust worker on the real broker: live clock, dead letters."""
 
 from __future__ import annotations
 
@@ -10,12 +9,18 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from cxledger.pipeline import Pipeline
+from confluent_kafka import Producer
+
 from producers.sdk import LedgerProducer
+from tests.integration.ledger_helpers import read_topic
+from tests.unit.events import survey
 
 pytestmark = pytest.mark.integration
 
 
 def test_an_urgent_complaint_breaches_on_wall_time_alone(settings, clickhouse, tmp_path):
+    """Live mode: an idle partition's clock follows wall time, so a deadline passes with no
+    further events (domain.md: less the allowed lateness, only near wall time)."""
     complaint = f"cp-{uuid.uuid4().hex[:8]}"
     filed_at = datetime.now(timezone.utc) - timedelta(minutes=11)
     # first response due filed + 5 min = now - 6 min; the clock may move to now - 5 min
@@ -39,3 +44,26 @@ def test_an_urgent_complaint_breaches_on_wall_time_alone(settings, clickhouse, t
                 "WHERE complaint_id = {c:String}", parameters={"c": complaint}).result_rows
             time.sleep(1)
     assert found == [("first_response", 1)]
+
+
+def test_the_worker_dead_letters_undecodable_input_and_goes_on(settings, tmp_path):
+    good = survey(customer_id=f"c-{uuid.uuid4().hex[:8]}")
+    with Pipeline(settings.with_(live_clock=False)) as pipe:
+        pipe.start_processors(1, log_dir=tmp_path)
+        pipe.wait_for_processor_group()
+        raw = Producer(settings.kafka_conf())
+        with LedgerProducer(pipe.settings) as producer:
+            raw.produce(settings.topics.ledger, key=good["customer_id"].encode(),
+                        value=b"\x00\x00\x00\x00\x0e\xff")  # contact.completed id, broken body
+            raw.flush(10)
+            producer.publish(good)
+        del raw
+        pipe.wait_for_processors(producer.positions, show_progress=False)
+        scored = read_topic(settings, settings.topics.for_derived("satisfaction.scored"), 1)
+    dead = read_topic(settings, settings.topics.deadletter, 1)
+    assert len(dead) == 1
+    headers = {k: v.decode() for k, v in dead[0].headers()}
+    assert headers["dead_lettered_by"] == "cxledger-processors"
+    assert headers["reason"].startswith("schema id 14: Avro body does not decode")
+    assert dead[0].value() == b"\x00\x00\x00\x00\x0e\xff"
+    assert len(scored) == 1  # the valid event after it was still folded
