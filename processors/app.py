@@ -106,7 +106,7 @@ class DerivedProducer:
                                f"failures: {failures[:3]}")
 
 
-def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: int = 2000,
+def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: int = 10000,
                batch_within: float = 0.2, live_clock_interval: float = 10.0) -> faust.App:
     rules = rules or load_rules(settings.rules_path)
     tune_gc_for_folds()
