@@ -37,13 +37,18 @@ from processors.rules import Rules, load_rules
 from processors.windows import WindowAggregator
 
 STATE_FORMAT = 1
+# A producer's retry reuses the event_id. Ids of a customer's events within this span of its
+# own event time are remembered, so a redelivered event is not folded twice (the ledger in
+# ClickHouse collapses it too, so live and replay agree). Older duplicates are not detected.
+DUPLICATE_HORIZON_MS = 24 * 3_600_000
 _CHURN_INTENTS = frozenset({"port_out", "cancel", "downgrade"})
 
 
 def _new_customer() -> dict:
     """One customer's state: complaints (by id), tier state, churn state. Plain dicts and
     tuples only, so most customers hold nothing the cycle collector has to track."""
-    return {"complaints": {}, "tier": tiers.new_state(), "churn": churn.new_state()}
+    return {"complaints": {}, "tier": tiers.new_state(), "churn": churn.new_state(),
+            "recent": {}}
 
 
 def live_clock_target(clock: int, wall_ms: int, rules: Rules) -> int | None:
@@ -66,6 +71,7 @@ class PartitionFold:
         self.customers: dict[str, dict] = {}
         self.windows = WindowAggregator(self.rules, partition)
         self.ignored: Counter[str] = Counter()
+        self.duplicates = 0  # redelivered events (same event_id) not folded again
         self._deadlines: list[tuple[int, str, str, int, int]] = []
         self._dirty: set[str] = set()
         self._complaints_touched: set[tuple[str, str]] = set()  # since the last drain
@@ -92,6 +98,12 @@ class PartitionFold:
         """Fold one event; returns the derived events (windows excepted: see drain_windows)."""
         out: list[dict] = []
         at = event["occurred_at"]
+        cid = event["customer_id"]
+        event_id = event["event_id"]
+        cust = self.customers.get(cid)
+        if cust is not None and event_id in cust["recent"]:
+            self.duplicates += 1
+            return out
         if at > self.clock:
             self.clock = at
             self.windows.clock = at
@@ -103,7 +115,18 @@ class PartitionFold:
             self.ignored[event["event_type"]] += 1
             return out
         handler(event, at, out)
+        self._remember(cid, event_id, at)
         return out
+
+    def _remember(self, cid: str, event_id: str, at: int) -> None:
+        """Remember the id of a folded event (see DUPLICATE_HORIZON_MS)."""
+        recent = self._customer(cid)["recent"]
+        recent[event_id] = at
+        oldest = at - DUPLICATE_HORIZON_MS
+        if len(recent) > 1 and next(iter(recent.values())) < oldest:
+            for old in [k for k, t in recent.items() if t < oldest]:
+                del recent[old]
+        self._dirty.add(cid)
 
     def apply_all(self, events: Iterable[Mapping]) -> list[dict]:
         out: list[dict] = []
@@ -302,6 +325,7 @@ class PartitionFold:
             "complaints": _copy(cust["complaints"]),
             "tier": tiers.to_plain(cust["tier"]),
             "churn": churn.to_plain(cust["churn"]),
+            "recent": dict(cust["recent"]),
         }
 
     def load_customer(self, customer_id: str, plain: Mapping) -> None:
@@ -310,7 +334,7 @@ class PartitionFold:
             raise ValueError(f"customer state format {plain.get('format')!r} is not "
                              f"{STATE_FORMAT} (customer {customer_id})")
         cust = {"complaints": _copy(plain["complaints"]), "tier": tiers.from_plain(plain["tier"]),
-                "churn": churn.from_plain(plain["churn"])}
+                "churn": churn.from_plain(plain["churn"]), "recent": dict(plain.get("recent", {}))}
         self.customers[customer_id] = cust
         for deadline, complaint_id, sla, cycle in complaints.pending_deadlines(cust["complaints"]):
             heapq.heappush(self._deadlines,

@@ -96,10 +96,12 @@ def test_live_clock_target():
 
 
 def test_dirty_customers_are_those_whose_state_changed():
-    fold, _ = run_all([contact(T0, "c-plain"), survey(T0, "c-happy", nps=10),
+    plain = contact(T0, "c-plain")
+    fold, _ = run_all([plain, survey(T0, "c-happy", nps=10),
                        contact(T0, "c-bounced", transfers=3), filed(T0, "q1", "c-complainer")])
-    assert fold.dirty_customers() == {"c-bounced", "c-complainer"}
-    assert fold.customer_state("c-plain") is None
+    # every customer with an event remembers its id (duplicate detection)
+    assert fold.dirty_customers() == {"c-plain", "c-happy", "c-bounced", "c-complainer"}
+    assert list(fold.customer_state("c-plain")["recent"]) == [plain["event_id"]]
     fold.clear_dirty()
     assert fold.dirty_customers() == set()
     fold.advance_clock(T0 + 3 * HOUR)          # first response breached: state changed
@@ -302,3 +304,32 @@ def test_a_complaint_pruned_before_any_drain_is_still_reported_once():
     assert drained_once["old"]["status"] == "closed"
     assert "old" not in one_page.customer_state("c-1")["complaints"]
     assert one_page.drain_complaints() == []
+
+
+def test_a_redelivered_event_is_not_folded_twice():
+    """A producer retry reuses the event_id: windows, churn and complaints see it once,
+    also after the customer's state went through a checkpoint."""
+    events = [contact(T0, "c-1", transfers=3), filed(T0 + MIN, "q1", "c-1"),
+              survey(T0 + 2 * MIN, "c-1")]
+    once = PartitionFold(RULES)
+    expected = once.apply_all(events)
+    twice = PartitionFold(RULES)
+    got = twice.apply_all(events[:2])
+    restored = PartitionFold(RULES)
+    restored.load_customer("c-1", json.loads(json.dumps(twice.customer_state("c-1"))))
+    restored.restore_partition(json.loads(json.dumps(twice.snapshot_partition())))
+    got += restored.apply_all([events[0], events[1], events[2], events[2]])
+    assert got == expected
+    assert restored.duplicates == 3
+    assert restored.drain_complaints()[0]["version"] == 1
+
+
+def test_remembered_ids_expire_after_the_horizon():
+    from processors.ledger import DUPLICATE_HORIZON_MS
+
+    fold = PartitionFold(RULES)
+    first = contact(T0, "c-1")
+    fold.apply(first)
+    fold.apply(contact(T0 + DUPLICATE_HORIZON_MS + MIN, "c-1"))
+    assert first["event_id"] not in fold.customer_state("c-1")["recent"]
+    assert len(fold.customer_state("c-1")["recent"]) == 1
