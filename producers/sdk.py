@@ -12,6 +12,7 @@ batches; delivery failures are collected and raised on flush/close, never droppe
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Iterable
 
 import structlog
@@ -78,8 +79,8 @@ class LedgerProducer:
         # not from the broker's high watermark (Tansu 0.6 reports the last batch's base offset).
         self.positions: dict[tuple[str, int], int] = {}
 
-    def _delivery(self, err: KafkaError | None, msg: Message) -> None:
-        event_id = (msg.headers() or [("event_id", b"?")])[0][1].decode()
+    def _delivery(self, event_id: str, err: KafkaError | None, msg: Message) -> None:
+        # (failed messages come back without their headers, so the id is bound per message)
         if err is not None:
             self._failures.append((event_id, str(err)))
             log.error("delivery failed", event_id=event_id, error=str(err))
@@ -107,7 +108,8 @@ class LedgerProducer:
         while True:
             try:
                 self._producer.produce(self.topic, value=value, key=record["customer_id"].encode(),
-                                       headers=headers, on_delivery=self._delivery)
+                                       headers=headers,
+                                       on_delivery=partial(self._delivery, record["event_id"]))
                 break
             except BufferError:  # local queue full: let librdkafka drain it, then retry
                 self._producer.poll(0.05)
