@@ -251,3 +251,14 @@ def rules_with(overrides: dict | None = None, version: str | None = None):
 
 _DELETE = object()
 DELETE = _DELETE
+
+
+def fold_events(*events, rules=None):
+    """Fold ``events`` in order on one fresh partition: (the fold, the derived events)."""
+    from processors.ledger import PartitionFold
+
+    fold = PartitionFold(rules, partition=0)
+    out = []
+    for e in events:
+        out += fold.apply(e)
+    return fold, out

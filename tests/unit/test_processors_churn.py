@@ -6,9 +6,8 @@ import pytest
 
 from processors import churn
 from processors.derived import NAMESPACE
-from processors.ledger import PartitionFold
 from processors.rules import load_rules
-from tests.unit.processors_factories import (T0, billing, cancellation, complaint_event, contact,
+from tests.unit.processors_factories import (fold_events, T0, billing, cancellation, complaint_event, contact,
                                              filed, plan_changed, port_out, survey)
 
 RULES = load_rules()
@@ -19,11 +18,7 @@ CID = "c-000042"
 
 
 def run(*events, rules=RULES):
-    fold = PartitionFold(rules, partition=0)
-    out = []
-    for e in events:
-        out += fold.apply(e)
-    return fold, out
+    return fold_events(*events, rules=rules)
 
 
 def risk_events(out):

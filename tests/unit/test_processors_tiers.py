@@ -5,9 +5,8 @@ from decimal import Decimal
 
 from processors import tiers
 from processors.derived import NAMESPACE
-from processors.ledger import PartitionFold
 from processors.rules import load_rules
-from tests.unit.processors_factories import (T0, billing, cancellation, decision, port_out,
+from tests.unit.processors_factories import (fold_events, T0, billing, cancellation, decision, port_out,
                                              rules_with, survey)
 
 RULES = load_rules()
@@ -16,11 +15,7 @@ CID = "c-000042"
 
 
 def run(*events, rules=RULES):
-    fold = PartitionFold(rules, partition=0)
-    out = []
-    for e in events:
-        out += fold.apply(e)
-    return fold, out
+    return fold_events(*events, rules=rules)
 
 
 def tier_events(out):
