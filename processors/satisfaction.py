@@ -100,26 +100,7 @@ def score_survey(survey: Mapping, tier: str, rules: Rules) -> dict:
     re_ = survey["resolution_efficiency"]
     at = survey["attitude"]
     fu = survey["follow_up"]
-    # Inlined composite() for the hot path (same arithmetic, same order).
-    total = 0.0
-    wsum = 0.0
-    if rs is not None:
-        w = weights["response_speed"]
-        total += w * rs
-        wsum += w
-    if re_ is not None:
-        w = weights["resolution_efficiency"]
-        total += w * re_
-        wsum += w
-    if at is not None:
-        w = weights["attitude"]
-        total += w * at
-        wsum += w
-    if fu is not None:
-        w = weights["follow_up"]
-        total += w * fu
-        wsum += w
-    score = round2(total / wsum) if wsum > 0.0 else None
+    score = composite(survey, weights)
     version = rules.version
     return {
         "event_id": name_id(f"{SCORED}|{version}|{survey['event_id']}"),
