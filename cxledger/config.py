@@ -18,6 +18,13 @@ Environment variables:
   CXLEDGER_LOG_LEVEL                debug | info | warning | error
   CXLEDGER_LIVE_CLOCK               true | false: idle partitions' clocks follow wall time
                                     (default true; the demo and backfills use event time only)
+  CXLEDGER_QUERY_HOST, _PORT        where `cxledger up` serves ClickHouse's HTTP interface on the
+                                    embedded store (default 127.0.0.1:8123)
+  CXLEDGER_QUERY_USER, _PASSWORD    the reader of that endpoint (default user "default"; with no
+                                    password, `up` generates one and keeps it in the stack record)
+  CXLEDGER_QUERY_MAX_EXECUTION_TIME seconds any one query may run there (default 30)
+  CXLEDGER_GATEWAY_HOST, _PORT      where `cxledger up` serves the HTTP ingest gateway
+                                    (default 127.0.0.1:8080)
 """
 
 from __future__ import annotations
@@ -79,6 +86,17 @@ class Settings:
     sink_batch_seconds: float = 0.5
     # Live mode: idle partitions' clocks follow wall time (domain.md); off for backfills.
     live_clock: bool = True
+    # The query endpoint (ClickHouse's HTTP interface on the embedded store) and the gateway.
+    query_host: str = "127.0.0.1"
+    query_port: int = 8123
+    query_user: str = "default"
+    query_password: str | None = None
+    query_max_execution_time: float = 30.0
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    # True on the single-machine stack: a publish is acknowledged only once the ledger sink has
+    # written it to the store (the local broker keeps nothing across a restart).
+    acks_wait_for_store: bool = False
 
     @property
     def dsn(self) -> str:
@@ -132,7 +150,14 @@ class Settings:
             lines.append(f"format = {q(self.log_format)}")
         lines += ["[sink]", f"batch_rows = {self.sink_batch_rows}",
                   f"batch_seconds = {self.sink_batch_seconds}",
-                  "[processors]", f"live_clock = {'true' if self.live_clock else 'false'}"]
+                  "[processors]", f"live_clock = {'true' if self.live_clock else 'false'}",
+                  "[query]", f"host = {q(self.query_host)}", f"port = {self.query_port}",
+                  f"user = {q(self.query_user)}",
+                  f"max_execution_time = {self.query_max_execution_time}"]
+        if self.query_password is not None:
+            lines.append(f"password = {q(self.query_password)}")
+        lines += ["[gateway]", f"host = {q(self.gateway_host)}", f"port = {self.gateway_port}",
+                  f"acks_wait_for_store = {'true' if self.acks_wait_for_store else 'false'}"]
         return "\n".join(lines) + "\n"
 
 
@@ -177,6 +202,8 @@ def load_settings(config_file: str | Path | None = None,
     clickhouse = data.get("clickhouse", {})
     sink = data.get("sink", {})
     logs = data.get("log", {})
+    query = data.get("query", {})
+    gateway = data.get("gateway", {})
     rules = env.get("CXLEDGER_RULES") or data.get("rules", {}).get("path")
     return Settings(
         kafka_bootstrap=env.get("CXLEDGER_KAFKA_BOOTSTRAP") or kafka.get("bootstrap"),
@@ -191,16 +218,35 @@ def load_settings(config_file: str | Path | None = None,
         log_level=env.get("CXLEDGER_LOG_LEVEL") or logs.get("level", "info"),
         sink_batch_rows=int(sink.get("batch_rows", 20_000)),
         sink_batch_seconds=float(sink.get("batch_seconds", 0.5)),
-        live_clock=_flag(env.get("CXLEDGER_LIVE_CLOCK"),
+        live_clock=_flag("CXLEDGER_LIVE_CLOCK", env.get("CXLEDGER_LIVE_CLOCK"),
                          data.get("processors", {}).get("live_clock", True)),
+        query_host=env.get("CXLEDGER_QUERY_HOST") or query.get("host", "127.0.0.1"),
+        query_port=_number(int, "CXLEDGER_QUERY_PORT", env, query.get("port", 8123)),
+        query_user=env.get("CXLEDGER_QUERY_USER") or query.get("user", "default"),
+        query_password=env.get("CXLEDGER_QUERY_PASSWORD") or query.get("password"),
+        query_max_execution_time=_number(float, "CXLEDGER_QUERY_MAX_EXECUTION_TIME", env,
+                                         query.get("max_execution_time", 30.0)),
+        gateway_host=env.get("CXLEDGER_GATEWAY_HOST") or gateway.get("host", "127.0.0.1"),
+        gateway_port=_number(int, "CXLEDGER_GATEWAY_PORT", env, gateway.get("port", 8080)),
+        acks_wait_for_store=bool(gateway.get("acks_wait_for_store", False)),
     )
 
 
-def _flag(value: str | None, default: bool) -> bool:
+def _number(kind, name: str, env: Mapping[str, str], default):
+    value = env.get(name)
+    if value is None or value == "":
+        return kind(default)
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+
+
+def _flag(name: str, value: str | None, default: bool) -> bool:
     if value is None:
         return bool(default)
     if value.strip().lower() in ("1", "true", "yes", "on"):
         return True
     if value.strip().lower() in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"CXLEDGER_LIVE_CLOCK must be true or false, got {value!r}")
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
