@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from clickhouse_connect.driver.client import Client
-from confluent_kafka import Message
 
 from cxledger.config import Settings
 from schemas.codec import WireCodec
@@ -78,8 +77,8 @@ def derived_row(record: dict[str, Any]) -> tuple[str, tuple[str, ...], list[Any]
     return table, columns, [record[f] for f in fields]
 
 
-def map_derived(record: dict[str, Any], schema_id: int,
-                msg: Message) -> Iterable[tuple[str, tuple[str, ...], list[Any]]]:
+def map_derived(record: dict[str, Any], schema_id: int, partition: int,
+                position: int) -> Iterable[tuple[str, tuple[str, ...], list[Any]]]:
     row = derived_row(record)
     if row is not None:
         yield row

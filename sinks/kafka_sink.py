@@ -8,6 +8,12 @@ Order per batch (the only place that owns it):
   4. commit the Kafka offsets only after ClickHouse accepted the batch.
 A crash between 3 and 4 redelivers the batch: tables are ReplacingMergeTree keyed by event_id,
 so what users query (FINAL / the dedup views) never shows an event twice.
+
+Positions: a row records where its message sits in its partition of the ledger as
+``offset_base[(topic, partition)] + Kafka offset``. On Kafka the base is 0. The single-machine
+broker keeps topics in memory, so every start of the stack begins at offset 0 again; the stack
+then passes as base the position after the last one stored, and positions keep growing across
+restarts (replay reads the ledger back in position order).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import structlog
 from clickhouse_connect.driver.client import Client
@@ -29,8 +35,10 @@ log = structlog.get_logger("cxledger.sink")
 
 # (table, column names) -> rows
 Rows = dict[tuple[str, tuple[str, ...]], list[list[Any]]]
-# Turns one decoded message into rows: (record, schema_id, message) -> [(table, columns, row)]
-RowMapper = Callable[[dict[str, Any], int, Message], Iterable[tuple[str, tuple[str, ...], list[Any]]]]
+# Turns one decoded message into rows: (record, schema_id, partition, position)
+#   -> [(table, columns, row)]
+RowMapper = Callable[[dict[str, Any], int, int, int],
+                     Iterable[tuple[str, tuple[str, ...], list[Any]]]]
 
 # A message with this header is a position marker (see cxledger.pipeline), not data.
 FENCE_HEADER = "cxledger-fence"
@@ -62,7 +70,8 @@ class SinkStats:
     written: int = 0
     deadlettered: int = 0
     batches: int = 0
-    positions: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset
+    last_write: float | None = None  # wall time of the last batch written
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)  # next Kafka offset
 
 
 def _is_fence(msg: Message) -> bool:
@@ -73,7 +82,8 @@ class ClickHouseSink:
     def __init__(self, settings: Settings, client: Client, topics: list[str], group_id: str,
                  mapper: RowMapper, codec: WireCodec | None = None,
                  batch_rows: int | None = None, batch_seconds: float | None = None,
-                 consumer_extra: dict[str, Any] | None = None):
+                 consumer_extra: dict[str, Any] | None = None,
+                 offset_base: Mapping[tuple[str, int], int] | None = None):
         self.settings = settings
         self.client = client
         self.topics = topics
@@ -85,6 +95,7 @@ class ClickHouseSink:
         self.consumer = Consumer(consumer_conf(settings, group_id, **(consumer_extra or {})))
         self.deadletter = Producer(settings.kafka_conf(**{"enable.idempotence": True,
                                                          "linger.ms": 5}))
+        self.offset_base = dict(offset_base or {})
         self.stats = SinkStats()
         self._subscribed = False
 
@@ -114,20 +125,25 @@ class ClickHouseSink:
         rows: Rows = defaultdict(list)
         dead: list[list[Any]] = []
         offsets: dict[tuple[str, int], tuple[int, int]] = {}
+        base = self.offset_base
         for msg in batch:
             tp = (msg.topic(), msg.partition())
             lo_hi = offsets.get(tp)
             offsets[tp] = (msg.offset(), msg.offset()) if lo_hi is None else (lo_hi[0], msg.offset())
             if msg.value() is None and _is_fence(msg):
                 continue
+            position = msg.offset() + base.get(tp, 0)
             try:
                 record, schema_id = self.codec.decode(msg.value())
             except DecodeError as exc:
-                dead.append(self._deadletter(msg, str(exc)))
+                dead.append(self._deadletter(msg, str(exc), position))
                 continue
-            for table, columns, row in self.mapper(record, schema_id, msg):
+            for table, columns, row in self.mapper(record, schema_id, msg.partition(), position):
                 rows[(table, columns)].append(row)
-        token = ",".join(f"{t}:{p}:{lo}-{hi}" for (t, p), (lo, hi) in sorted(offsets.items()))
+        # Positions, not offsets: on the local broker offsets start again at 0 after a restart,
+        # and a token seen before would make ClickHouse drop a new batch as a duplicate.
+        token = ",".join(f"{t}:{p}:{lo + base.get((t, p), 0)}-{hi + base.get((t, p), 0)}"
+                         for (t, p), (lo, hi) in sorted(offsets.items()))
         for (table, columns), table_rows in rows.items():
             self.client.insert(table, table_rows, column_names=list(columns),
                                settings={"insert_deduplication_token": f"{self.name}/{table}/{token}"})
@@ -139,6 +155,7 @@ class ClickHouseSink:
         self.stats.written += sum(len(r) for r in rows.values())
         self.stats.deadlettered += len(dead)
         self.stats.batches += 1
+        self.stats.last_write = time.time()
         for (t, p), (_, hi) in offsets.items():
             self.stats.positions[(t, p)] = hi + 1
         log.debug("batch written", sink=self.name, messages=len(batch), deadlettered=len(dead))
@@ -146,7 +163,7 @@ class ClickHouseSink:
     def _commit(self, offsets: list[TopicPartition]) -> None:
         self.consumer.commit(offsets=offsets, asynchronous=False)
 
-    def _deadletter(self, msg: Message, reason: str) -> list[Any]:
+    def _deadletter(self, msg: Message, reason: str, position: int) -> list[Any]:
         value = msg.value() or b""
         key = msg.key()
         self.deadletter.produce(
@@ -157,7 +174,7 @@ class ClickHouseSink:
                      ("source_offset", str(msg.offset()).encode())])
         log.warning("dead-lettered", sink=self.name, topic=msg.topic(),
                     partition=msg.partition(), offset=msg.offset(), reason=reason)
-        return [msg.topic(), msg.partition(), msg.offset(), reason,
+        return [msg.topic(), msg.partition(), position, reason,
                 key.decode(errors="replace") if key else None, value.hex()]
 
     def run(self, stop: threading.Event) -> None:
@@ -179,3 +196,19 @@ class ClickHouseSink:
             self.deadletter = None  # release its connections now, while the broker is up
         log.info("sink stopped", sink=self.name, consumed=self.stats.consumed,
                  written=self.stats.written, deadlettered=self.stats.deadlettered)
+
+
+def positions_in_store(client: Client, settings: Settings) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the position after the last one the store holds: the offset base
+    for sinks reading a broker that started empty (see the module docstring)."""
+    ledger = settings.topics.ledger
+    out: dict[tuple[str, int], int] = {}
+    rows = client.query(
+        "SELECT {ledger:String}, kafka_partition, max(kafka_offset) + 1 FROM ledger_events "
+        "GROUP BY kafka_partition UNION ALL "
+        "SELECT toString(source_topic), source_partition, max(source_offset) + 1 "
+        "FROM deadletter_events GROUP BY source_topic, source_partition",
+        parameters={"ledger": ledger}).result_rows
+    for topic, partition, after in rows:
+        out[(topic, partition)] = max(out.get((topic, partition), 0), int(after))
+    return out

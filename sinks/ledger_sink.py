@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from clickhouse_connect.driver.client import Client
-from confluent_kafka import Message
 
-from cxledger.config import Settings
+from cxledger.config import LEDGER_SINK_GROUP, Settings
 from schemas.codec import WireCodec
 from schemas.jsonform import dumps
 from sinks.kafka_sink import ClickHouseSink
@@ -16,7 +15,7 @@ LEDGER_TABLE = "ledger_events"
 LEDGER_COLUMNS = ("event_id", "event_type", "occurred_at", "customer_id", "channel", "city",
                   "agent_id", "correlation_id", "payload", "schema_id", "kafka_partition",
                   "kafka_offset")
-LEDGER_GROUP = "cxledger-ledger-sink"
+LEDGER_GROUP = LEDGER_SINK_GROUP
 
 
 def ledger_row(record: dict[str, Any], schema_id: int, partition: int, offset: int) -> list[Any]:
@@ -25,9 +24,9 @@ def ledger_row(record: dict[str, Any], schema_id: int, partition: int, offset: i
             record["correlation_id"], dumps(record), schema_id, partition, offset]
 
 
-def map_ledger(record: dict[str, Any], schema_id: int,
-               msg: Message) -> Iterable[tuple[str, tuple[str, ...], list[Any]]]:
-    yield LEDGER_TABLE, LEDGER_COLUMNS, ledger_row(record, schema_id, msg.partition(), msg.offset())
+def map_ledger(record: dict[str, Any], schema_id: int, partition: int,
+               position: int) -> Iterable[tuple[str, tuple[str, ...], list[Any]]]:
+    yield LEDGER_TABLE, LEDGER_COLUMNS, ledger_row(record, schema_id, partition, position)
 
 
 def ledger_sink(settings: Settings, client: Client, codec: WireCodec | None = None,

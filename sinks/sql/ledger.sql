@@ -14,6 +14,8 @@ CREATE TABLE IF NOT EXISTS ledger_events
     payload         String CODEC(ZSTD(3)),
     schema_id       UInt32,
     kafka_partition UInt16,
+    -- the event's position in its ledger partition: the Kafka offset (on the single-machine
+    -- stack, whose broker starts empty, continued after the positions already stored)
     kafka_offset    UInt64,
     ingested_at     DateTime64(3, 'UTC') DEFAULT now64(3)
 )
