@@ -32,6 +32,7 @@ from faust.tables.table import Table
 
 from cxledger.config import Settings
 from processors.batch import PartitionFolds, partition_of_key, settle_heap, tune_gc_for_folds
+from processors.changelog import APP_ID, STATE_TABLE
 from processors.ledger import live_clock_target
 from processors.rules import Rules, load_rules
 from confluent_kafka import Producer
@@ -41,8 +42,6 @@ from schemas.codec import DecodeError
 
 log = structlog.get_logger("cxledger.processors")
 
-APP_ID = "cxledger-processors"
-STATE_TABLE = "fold-state"
 
 
 class PartitionKeyedTable(Table):

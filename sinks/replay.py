@@ -1,10 +1,18 @@
 """``cxledger replay``: recompute every derived table from ``ledger_events`` and compare.
 
-The ledger is read back partition by partition in Kafka offset order, exactly as the live
+The ledger is read back partition by partition in position order, exactly as the live
 processors saw it, so each partition's event-time clock advances the same way. The records go
 through the same folds (processors.batch) with no Kafka involved, into fresh copies of the
 derived tables in the ``cx_replay`` database, which are then compared row for row (FINAL) with
 the live tables. Equal tables prove the live pipeline lost and duplicated nothing.
+
+The same pass is how the single-machine stack restarts (``cxledger up`` on a store): the folds
+it leaves behind are the processors' state, and ``repair`` makes every derived table equal to
+the fold of the ledger in the store (it deletes the rows the fold does not produce and adds the
+ones it lacks), whatever a crash left half-done.
+
+Against a running stack the store is read through its read-only query endpoint; the replayed
+tables and a copy of the live ones then go to a scratch engine of the replaying process.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from clickhouse_connect.driver.client import Client
 from tqdm import tqdm
 
 from processors.batch import PartitionFolds, settle_heap, tune_gc_for_folds
+from processors.ledger import live_clock_target
 from processors.rules import Rules
 from sinks.clickhouse import ddl_text, statements
 from sinks.derived_sink import DERIVED_TABLES, derived_row
@@ -28,6 +37,7 @@ from sinks.derived_sink import DERIVED_TABLES, derived_row
 log = structlog.get_logger("cxledger.replay")
 
 REPLAY_DB = "cx_replay"
+LIVE_COPY_DB = "cx_live"  # the live tables copied into a scratch engine
 _CHUNK = 50_000
 
 
@@ -50,6 +60,7 @@ class ReplayReport:
     derived: int
     seconds: float
     tables: list[TableComparison]
+    folds: PartitionFolds | None = None  # the state the fold ended in
 
     @property
     def equal(self) -> bool:
@@ -92,18 +103,24 @@ def replay_tables(client: Client) -> list[str]:
     return sorted({table for table, _ in DERIVED_TABLES.values()})
 
 
-def create_replay_tables(client: Client) -> None:
-    client.command(f"CREATE DATABASE IF NOT EXISTS {REPLAY_DB}")
+def create_replay_tables(client: Client, database: str = REPLAY_DB) -> None:
+    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
     for table in replay_tables(client):
-        client.command(f"DROP TABLE IF EXISTS {REPLAY_DB}.{table}")
+        client.command(f"DROP TABLE IF EXISTS {database}.{table}")
     for statement in statements(ddl_text("derived.sql")):
         client.command(statement.replace("CREATE TABLE IF NOT EXISTS ",
-                                         f"CREATE TABLE IF NOT EXISTS {REPLAY_DB}.", 1))
+                                         f"CREATE TABLE IF NOT EXISTS {database}.", 1))
 
 
-def replay(client: Client, rules: Rules, show_progress: bool = True) -> ReplayReport:
+def replay(client: Client, rules: Rules, show_progress: bool = True, *,
+           scratch: Client | None = None, live_clock_ms: int | None = None) -> ReplayReport:
+    """Fold the whole ledger of ``client`` into the replay tables and compare them with the
+    live ones. ``scratch``: where to write when ``client`` is read-only (a running stack).
+    ``live_clock_ms``: wall time at which to finish as the live processors' clock would (idle
+    partitions within the live lag move to wall time less the allowed lateness)."""
     started = time.monotonic()
-    create_replay_tables(client)
+    scratch = scratch or client
+    create_replay_tables(scratch)
     total = client.query("SELECT count() FROM ledger_events FINAL").result_rows[0][0]
     folds = PartitionFolds(rules)
     tune_gc_for_folds()
@@ -111,16 +128,68 @@ def replay(client: Client, rules: Rules, show_progress: bool = True) -> ReplayRe
     with tqdm(total=total, desc="replaying", unit="ev", disable=not show_progress,
               leave=False) as bar:
         for page in ledger_pages(client):
-            derived_count += _write(client, folds.fold_batch(page))
+            derived_count += _write(scratch, folds.fold_batch(page))
             n = sum(len(records) for records in page.values())
             events += n
             bar.update(n)
             settle_heap()
+    if live_clock_ms is not None:
+        derived_count += _write(scratch, advance_live_clocks(folds, live_clock_ms))
+    live_db = ""
+    if scratch is not client:
+        copy_live_tables(client, scratch)
+        live_db = LIVE_COPY_DB
     seconds = time.monotonic() - started
-    report = ReplayReport(events, derived_count, seconds, compare(client))
+    report = ReplayReport(events, derived_count, seconds, compare(scratch, live_db), folds)
     log.info("replay finished", events=events, derived=derived_count, seconds=round(seconds, 2),
              equal=report.equal)
     return report
+
+
+def advance_live_clocks(folds: PartitionFolds, wall_ms: int) -> list[dict[str, Any]]:
+    """What the live processors' timer does: idle partitions follow wall time."""
+    derived: list[dict[str, Any]] = []
+    for fold in folds.folds.values():
+        target = live_clock_target(fold.clock, wall_ms, folds.rules)
+        if target is not None:
+            derived += fold.advance_clock(target)
+            derived += fold.drain_windows() + fold.drain_complaints()
+    return derived
+
+
+def copy_live_tables(source: Client, scratch: Client) -> None:
+    """Copy the live derived tables (FINAL) from ``source`` into ``scratch``'s cx_live."""
+    create_replay_tables(scratch, LIVE_COPY_DB)
+    for table in replay_tables(source):
+        block = source.raw_query(f"SELECT * FROM {table} FINAL", fmt="Native")
+        if block:
+            scratch.raw_insert(f"{LIVE_COPY_DB}.{table}", insert_block=block, fmt="Native")
+
+
+def repair(client: Client, report: ReplayReport) -> dict[str, tuple[int, int]]:
+    """Make every live derived table equal to its replay: delete the live rows the replay
+    does not have (by the table's sorting key), then insert the replay rows the live table
+    lacks. Returns table -> (rows deleted, rows inserted) for the tables that differed."""
+    changed: dict[str, tuple[int, int]] = {}
+    for t in report.tables:
+        if t.equal:
+            continue
+        key = client.query("SELECT sorting_key FROM system.tables WHERE database = "
+                           "currentDatabase() AND name = {t:String}",
+                           parameters={"t": t.table}).result_rows[0][0]
+        live, again = f"{t.table} FINAL", f"{REPLAY_DB}.{t.table} FINAL"
+        if t.only_live:
+            extra = f"{REPLAY_DB}.{t.table}__extra"
+            client.command(f"DROP TABLE IF EXISTS {extra}")
+            client.command(f"CREATE TABLE {extra} ENGINE = Memory AS SELECT {key} FROM "
+                           f"(SELECT * FROM {live} EXCEPT SELECT * FROM {again})")
+            client.command(f"DELETE FROM {t.table} WHERE ({key}) IN (SELECT {key} FROM {extra})")
+            client.command(f"DROP TABLE {extra}")
+        client.command(f"INSERT INTO {t.table} SELECT * FROM {again} EXCEPT SELECT * FROM {live}")
+        changed[t.table] = (t.only_live, t.only_replay)
+        log.warning("derived table repaired from the ledger", table=t.table,
+                    rows_removed=t.only_live, rows_added=t.only_replay)
+    return changed
 
 
 def _write(client: Client, derived: list[dict[str, Any]]) -> int:
@@ -135,11 +204,12 @@ def _write(client: Client, derived: list[dict[str, Any]]) -> int:
     return len(derived)
 
 
-def compare(client: Client) -> list[TableComparison]:
+def compare(client: Client, live_db: str = "") -> list[TableComparison]:
     """Row-for-row comparison (FINAL, so versions and redeliveries are resolved)."""
     out = []
+    prefix = f"{live_db}." if live_db else ""
     for table in replay_tables(client):
-        live, again = f"{table} FINAL", f"{REPLAY_DB}.{table} FINAL"
+        live, again = f"{prefix}{table} FINAL", f"{REPLAY_DB}.{table} FINAL"
         count = lambda sql: client.query(sql).result_rows[0][0]  # noqa: E731
         out.append(TableComparison(
             table,
