@@ -35,6 +35,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+# The ledger sink's consumer group: its committed offsets say what is in the store.
+LEDGER_SINK_GROUP = "cxledger-ledger-sink"
+
 # Derived event type -> topic key in Topics.derived.
 DERIVED_TOPIC_OF = {
     "satisfaction.scored": "satisfaction_scores",

@@ -5,7 +5,9 @@
     GET  /healthz  200 while the gateway can reach Kafka
 
 Every event is validated like the SDK does; the valid ones are published and acknowledged by
-Kafka (acks=all) before the response, so ``202`` means durably in the ledger. Invalid ones are
+Kafka (acks=all) before the response, so ``202`` means durably in the ledger (on the
+single-machine stack, whose broker keeps nothing across a restart, only once they are in the
+store: see ``LedgerProducer.flush``). Invalid ones are
 reported by index with the field and reason (``422``, the valid ones still published); a retry
 of the whole request is safe as long as the channel sets ``event_id`` (ids are reused, and
 every table downstream deduplicates by id).
@@ -52,7 +54,7 @@ def parse_body(body: bytes, content_type: str) -> list[Any]:
 class Gateway:
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8080):
         self.producer = LedgerProducer(settings)
-        self._lock = threading.Lock()  # one request publishes and flushes at a time
+        self._lock = threading.Lock()  # one request hands its events to the producer at a time
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -100,18 +102,19 @@ class Gateway:
 
     def publish(self, events: list[Any]) -> tuple[int, dict[str, Any]]:
         accepted, rejected = [], []
-        with self._lock:
-            for index, event in enumerate(events):
-                try:
-                    accepted.append(self.producer.publish(event))
-                except EventValidationError as exc:
-                    rejected.append({"index": index, "field": exc.field, "error": str(exc)})
-            try:
-                self.producer.flush(30)
-            except DeliveryError as exc:
-                log.error("delivery failed", error=str(exc))
-                return HTTPStatus.SERVICE_UNAVAILABLE, {
-                    "error": str(exc), "retry": "send the same request again"}
+        try:
+            with self._lock:
+                for index, event in enumerate(events):
+                    try:
+                        accepted.append(self.producer.publish(event))
+                    except EventValidationError as exc:
+                        rejected.append({"index": index, "field": exc.field, "error": str(exc)})
+            # Outside the lock: concurrent requests wait for their acknowledgements together.
+            self.producer.flush(30)
+        except DeliveryError as exc:
+            log.error("delivery failed", error=str(exc))
+            return HTTPStatus.SERVICE_UNAVAILABLE, {
+                "error": str(exc), "retry": "send the same request again"}
         status = HTTPStatus.ACCEPTED if not rejected else HTTPStatus.UNPROCESSABLE_ENTITY
         return status, {"published": len(accepted), "event_ids": accepted, "rejected": rejected}
 

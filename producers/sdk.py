@@ -8,6 +8,12 @@ EventValidationError naming the field and nothing is sent for it. Events are key
 customer_id, so one customer's events stay in order on one partition. The underlying
 librdkafka producer is idempotent (no duplicates or reordering on its internal retries) and
 batches; delivery failures are collected and raised on flush/close, never dropped silently.
+
+What an acknowledgement means: ``flush`` (and ``close``) return once the broker acknowledged
+every event (acks=all). With ``settings.acks_wait_for_store`` (the single-machine stack, whose
+broker keeps nothing across a restart: ``cxledger.stack.attach`` sets it) they return only once
+the ledger sink has also written every event to the store, which it shows by committing its
+Kafka offsets after each write.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Callable, Iterable
 
-import structlog
-from confluent_kafka import KafkaError, Message, Producer
+import time
 
-from cxledger.config import Settings
+import structlog
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from cxledger.config import LEDGER_SINK_GROUP, Settings
 from schemas.codec import WireCodec
 from schemas.validation import EventValidationError, normalize_event
 
@@ -34,6 +42,17 @@ class DeliveryError(RuntimeError):
         super().__init__(f"{len(failures)} event(s) not delivered ({first}); they were not "
                          "written to the ledger: publish them again (their event_id makes the "
                          "retry safe)")
+
+
+class NotStoredError(DeliveryError):
+    """Events the broker acknowledged that the store has not taken in time."""
+
+    def __init__(self, behind: int, timeout: float):
+        self.failures = [("(not stored)", f"{behind} events")]
+        RuntimeError.__init__(
+            self, f"{behind} acknowledged event(s) not yet in the store after {timeout:.0f}s; "
+            "is the stack's ledger sink running (`cxledger status`)? Publishing them again is "
+            "safe: their event_id makes the retry idempotent")
 
 
 def make_codec(settings: Settings) -> WireCodec:
@@ -71,6 +90,7 @@ class LedgerProducer:
         self.codec = codec or make_codec(settings)
         self.on_delivered = on_delivered
         self._producer = Producer(settings.kafka_conf(**{**PRODUCER_DEFAULTS, **(producer_conf or {})}))
+        self._store_watch: Consumer | None = None  # reads the ledger sink's committed offsets
         self._failures: list[tuple[str, str]] = []
         self.sent = 0
         self.delivered = 0
@@ -134,18 +154,49 @@ class LedgerProducer:
             raise DeliveryError(failures)
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Wait until every sent event is acknowledged (or failed); raise on failures."""
+        """Wait until every sent event is acknowledged (or failed); raise on failures.
+        With ``acks_wait_for_store``, also wait until they are in the store."""
         remaining = self._producer.flush(timeout)
         if remaining:
             raise DeliveryError([("(in flight)", f"{remaining} events still undelivered after "
                                   f"{timeout:.0f}s; is the broker up?")])
         self._raise_failures()
+        if self.settings.acks_wait_for_store:
+            self.wait_stored(timeout)
+
+    def wait_stored(self, timeout: float = 60.0) -> None:
+        """Block until the ledger sink has written every event this producer delivered."""
+        targets = {tp: end for tp, end in self.positions.items() if tp[0] == self.topic}
+        if not targets:
+            return
+        if self._store_watch is None:
+            self._store_watch = Consumer(self.settings.kafka_conf(**{
+                "group.id": LEDGER_SINK_GROUP, "enable.auto.commit": False}))
+        partitions = [TopicPartition(t, p) for t, p in targets]
+        deadline = time.monotonic() + timeout
+        while True:
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in self._store_watch.committed(partitions, timeout=10)}
+            behind = sum(max(0, end - committed.get(tp, 0)) for tp, end in targets.items())
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                raise NotStoredError(behind, timeout)
+            time.sleep(0.05)
 
     def close(self) -> None:
         """Deliver everything, then release the client (its connections close now, not at
         garbage collection, which may be after the broker is gone)."""
-        self.flush()
+        try:
+            self.flush()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
         self._producer = _Closed()
+        if self._store_watch is not None:
+            self._store_watch.close()
+            self._store_watch = None
 
     def __enter__(self) -> "LedgerProducer":
         return self
@@ -158,4 +209,4 @@ class LedgerProducer:
                 self._producer.flush(30)
             except Exception:
                 pass
-            self._producer = _Closed()
+            self._release()
