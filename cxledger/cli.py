@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -17,21 +18,65 @@ from cxledger.logs import configure_logging
 
 log = structlog.get_logger("cxledger")
 
-NO_KAFKA = ("no Kafka configured: set CXLEDGER_KAFKA_BOOTSTRAP (or [kafka] bootstrap in the "
-            "config file), start a local broker with `cxledger broker` and export the bootstrap "
-            "it prints, or use `cxledger demo`, which starts everything itself")
+NO_KAFKA = ("no Kafka configured and no stack running on {store}: start one with `cxledger up` "
+            "(in this directory, or pass --store), or set CXLEDGER_KAFKA_BOOTSTRAP (or [kafka] "
+            "bootstrap in the config file)")
 
 
 def _need_kafka(settings: Settings) -> None:
     if not settings.kafka_bootstrap:
-        raise SystemExit(f"cxledger: {NO_KAFKA}")
+        raise SystemExit("cxledger: " + NO_KAFKA.format(store=settings.store.resolve()))
+
+
+def _on_store(args, settings: Settings) -> Settings:
+    """The settings with ``--store`` applied."""
+    if getattr(args, "store", None):
+        return settings.with_(store=Path(args.store))
+    return settings
+
+
+def _attached(args, settings: Settings) -> Settings:
+    """The settings of the stack running on the store, if one runs there (cxledger.stack)."""
+    from cxledger.stack import attach, find_stack
+
+    settings = _on_store(args, settings)
+    record = find_stack(settings.store)
+    return attach(settings, record) if record else settings
+
+
+def _store_client(args, settings: Settings):
+    """A ClickHouse client for reading: ``--dsn``, else the running stack's query endpoint,
+    else the embedded store (when nothing runs on it) or the configured server."""
+    from cxledger.stack import find_stack
+    from sinks.clickhouse import StoreError, connect
+
+    settings = _on_store(args, settings)
+    record = None if getattr(args, "dsn", None) else find_stack(settings.store)
+    if getattr(args, "dsn", None):
+        dsn = args.dsn
+    elif record and record.query:
+        dsn = record.dsn
+    elif getattr(args, "store", None):
+        dsn = f"chdb://{settings.store.resolve()}"
+    else:
+        dsn = settings.dsn
+    if dsn.startswith("chdb://") and not Path(dsn.removeprefix("chdb://")).exists():
+        raise SystemExit(f"cxledger: no store at {dsn.removeprefix('chdb://')}; run `cxledger "
+                         "up` or `cxledger demo` first, or pass --store/--dsn")
+    try:
+        return connect(dsn), record
+    except StoreError as exc:
+        raise SystemExit(f"cxledger: {exc}")
 
 
 def cmd_demo(args, settings: Settings) -> int:
     from cxledger.demo import run_demo
+    from cxledger.stack import find_stack, running_message
 
-    if args.store:
-        settings = settings.with_(store=Path(args.store))
+    settings = _on_store(args, settings)
+    if settings.embedded_store and find_stack(settings.store):
+        raise SystemExit(f"cxledger: {running_message(settings.store)}; the demo needs a store "
+                         "of its own: pass --store")
     return run_demo(settings, events=args.events, input_file=Path(args.input) if args.input else None,
                     seed=args.seed, keep=args.keep, workers=args.workers)
 
@@ -40,6 +85,7 @@ def cmd_publish(args, settings: Settings) -> int:
     from producers.ingest import IngestError, publish_file
     from producers.sdk import LedgerProducer
 
+    settings = _attached(args, settings)
     _need_kafka(settings)
     status = 0
     with LedgerProducer(settings) as producer:
@@ -55,6 +101,8 @@ def cmd_publish(args, settings: Settings) -> int:
             print(f"{name}: {summary.published} published, {len(summary.rejected)} rejected"
                   + (f" (written to {summary.rejects_file})" if summary.rejected else ""))
             status = status or (1 if summary.rejected else 0)
+    if settings.acks_wait_for_store:
+        print("every published event is in the store")
     return status
 
 
@@ -81,6 +129,7 @@ def cmd_simulate(args, settings: Settings) -> int:
         return 0
     from producers.sdk import LedgerProducer
 
+    settings = _attached(args, settings)
     _need_kafka(settings)
     with LedgerProducer(settings) as producer:
         for n, event in enumerate(events, 1):
@@ -130,19 +179,20 @@ def cmd_schemas(args, settings: Settings) -> int:
 
 
 def cmd_sql(args, settings: Settings) -> int:
-    from sinks.clickhouse import StoreError, connect
+    from cxledger.stack import QueryFailed, find_stack, http_query
+    from sinks.clickhouse import StoreError
 
-    dsn = args.dsn or (f"chdb://{Path(args.store).resolve()}" if args.store else settings.dsn)
-    if dsn.startswith("chdb://") and not Path(dsn.removeprefix("chdb://")).exists():
-        raise SystemExit(f"cxledger: no store at {dsn.removeprefix('chdb://')}; run `cxledger "
-                         "demo` first or pass --store/--dsn")
     fmt = {"table": "PrettyCompactMonoBlock", "csv": "CSVWithNames", "json": "JSONEachRow"}[args.format]
+    options = {"output_format_pretty_row_numbers": "0"}
+    record = None if args.dsn else find_stack(_on_store(args, settings).store)
     try:
-        client = connect(dsn)
-        out = client.raw_query(args.query, fmt=fmt,
-                               settings={"output_format_pretty_row_numbers": 0})
-    except StoreError as exc:
-        raise SystemExit(f"cxledger: {exc}")
+        if record and record.query:  # through the running stack's query endpoint
+            out = http_query(record, args.query, fmt, options)
+        else:
+            client, _ = _store_client(args, settings)
+            out = client.raw_query(args.query, fmt=fmt, settings=options)
+    except (StoreError, QueryFailed) as exc:
+        raise SystemExit(f"cxledger: {str(exc).strip()}")
     except Exception as exc:
         raise SystemExit(f"cxledger: query failed: {str(exc).strip()}")
     sys.stdout.write(out.decode())
@@ -167,16 +217,21 @@ def cmd_sink(args, settings: Settings) -> int:
 
 
 def cmd_replay(args, settings: Settings) -> int:
+    import tempfile
+
     from processors.rules import load_rules
-    from sinks.clickhouse import StoreError, connect
+    from sinks.clickhouse import connect
     from sinks.replay import REPLAY_DB, replay
 
-    dsn = args.dsn or (f"chdb://{Path(args.store).resolve()}" if args.store else settings.dsn)
-    try:
-        client = connect(dsn)
-    except StoreError as exc:
-        raise SystemExit(f"cxledger: {exc}")
-    report = replay(client, load_rules(settings.rules_path))
+    client, record = _store_client(args, settings)
+    rules = load_rules(settings.rules_path)
+    if record is not None:  # a running stack: read through it, replay into a scratch engine
+        with tempfile.TemporaryDirectory(prefix="cxledger-replay-") as scratch_dir:
+            report = replay(client, rules, scratch=connect(f"chdb://{scratch_dir}"))
+        where = "a scratch store (the stack's is read-only from here)"
+    else:
+        report = replay(client, rules)
+        where = f"database {REPLAY_DB}"
     print(f"replayed {report.events} ledger events into {report.derived} derived events in "
           f"{report.seconds:.1f}s ({report.events / max(report.seconds, 1e-9):,.0f} events/s)")
     for t in report.tables:
@@ -184,8 +239,56 @@ def cmd_replay(args, settings: Settings) -> int:
                                           f"{t.only_replay} only in replay"
         print(f"  {t.table:<30} live {t.live_rows:>8}  replay {t.replay_rows:>8}  {verdict}")
     print(("replay equals live" if report.equal else
-           f"replay differs from live: compare the tables in database {REPLAY_DB}"))
+           f"replay differs from live: compare the tables in {where}"))
     return 0 if report.equal else 1
+
+
+def cmd_customer(args, settings: Settings) -> int:
+    from cxledger.customer import CustomerNotFound, customer_report, parse_as_of, render_table
+    from processors.rules import load_rules
+
+    try:
+        as_of = parse_as_of(args.as_of) if args.as_of else None
+    except ValueError as exc:
+        raise SystemExit(f"cxledger: --as-of: {exc}")
+    client, _ = _store_client(args, settings)
+    try:
+        report = customer_report(client, load_rules(settings.rules_path), args.customer_id,
+                                 as_of=as_of)
+    except CustomerNotFound as exc:
+        print(f"cxledger: {exc}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        print(render_table(report))
+    return 0
+
+
+def cmd_up(args, settings: Settings) -> int:
+    from cxledger.up import run_detached, run_up
+
+    settings = _on_store(args, settings)
+    for flag in ("query_host", "query_port", "gateway_host", "gateway_port"):
+        if getattr(args, flag) is not None:
+            settings = settings.with_(**{flag: getattr(args, flag)})
+    if args.workers < 1:
+        raise SystemExit("cxledger: --workers must be at least 1")
+    if args.detach:
+        return run_detached(args.argv, settings)
+    return run_up(settings, workers=args.workers, log_level=args.log_level or settings.log_level)
+
+
+def cmd_status(args, settings: Settings) -> int:
+    from cxledger.up import show_status
+
+    return show_status(_on_store(args, settings), args.format)
+
+
+def cmd_down(args, settings: Settings) -> int:
+    from cxledger.up import stop_stack
+
+    return stop_stack(_on_store(args, settings))
 
 
 def cmd_process(args, settings: Settings) -> int:
@@ -199,10 +302,13 @@ def cmd_process(args, settings: Settings) -> int:
 def cmd_gateway(args, settings: Settings) -> int:
     from producers.gateway import Gateway
 
+    settings = _attached(args, settings)
     _need_kafka(settings)
-    gateway = Gateway(settings, host=args.host, port=args.port)
+    host = args.host or settings.gateway_host
+    gateway = Gateway(settings, host=host,
+                      port=args.port if args.port is not None else settings.gateway_port)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=gateway.shutdown).start())
-    print(f"gateway on http://{args.host}:{gateway.port}/events", file=sys.stderr)
+    print(f"gateway on http://{host}:{gateway.port}/events", file=sys.stderr)
     try:
         gateway.serve_forever()
     except KeyboardInterrupt:
@@ -247,8 +353,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="stream-processor workers (default 1)")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("up", help="run the whole stack as a service until Ctrl-C: broker, "
+                       "processors, sinks, the ingest gateway and ClickHouse's HTTP interface on "
+                       "the store")
+    p.add_argument("--store", help="embedded store directory (default ./.cxledger/store)")
+    p.add_argument("--workers", type=int, default=1, help="stream-processor workers (default 1)")
+    p.add_argument("--detach", action="store_true", help="run in the background; "
+                   "`cxledger status` reports on it, `cxledger down` stops it")
+    p.add_argument("--query-host", help="query endpoint listen address (default 127.0.0.1)")
+    p.add_argument("--query-port", type=int, help="query endpoint port (default 8123)")
+    p.add_argument("--gateway-host", help="gateway listen address (default 127.0.0.1)")
+    p.add_argument("--gateway-port", type=int, help="gateway port (default 8080)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("status", help="report on the stack running on a store")
+    p.add_argument("--store", help="store directory (default ./.cxledger/store)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("down", help="stop the stack running on a store")
+    p.add_argument("--store", help="store directory (default ./.cxledger/store)")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("customer", help="a customer's timeline and state, folded from the "
+                       "ledger (now, or as it stood at --as-of)")
+    p.add_argument("customer_id", metavar="ID")
+    p.add_argument("--as-of", metavar="T", help="ISO-8601 time (with offset; UTC if none) or "
+                   "epoch milliseconds")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--store", help="store directory (a running stack on it is used)")
+    where.add_argument("--dsn", help="ClickHouse DSN")
+    p.set_defaults(func=cmd_customer)
+
     p = sub.add_parser("publish", help="publish JSON Lines or CSV files to the ledger")
     p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--store", help="find the stack running on this store (default "
+                   "./.cxledger/store)")
     p.add_argument("--event-type", help="event type of a CSV without an event_type column")
     p.add_argument("--rejects", help="where to write rejected lines (default FILE.rejects)")
     p.add_argument("--no-progress", action="store_true")
@@ -260,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="seconds of live traffic")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", help="write JSON Lines here instead of publishing")
+    p.add_argument("--store", help="find the stack running on this store (default "
+                   "./.cxledger/store)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("topics", help="manage topics")
@@ -270,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["check", "register"])
     p.set_defaults(func=cmd_schemas)
 
-    p = sub.add_parser("sql", help="query the store")
+    p = sub.add_parser("sql", help="query the store (through the stack running on it, if any)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--store", help="embedded store directory")
     where.add_argument("--dsn", help="ClickHouse DSN, e.g. http://user:pass@host:8123/cx")
@@ -295,8 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_process)
 
     p = sub.add_parser("gateway", help="HTTP gateway: POST /events for non-Python channels")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1, "
+                   "CXLEDGER_GATEWAY_HOST)")
+    p.add_argument("--port", type=int, help="port (default 8080, CXLEDGER_GATEWAY_PORT)")
+    p.add_argument("--store", help="find the stack running on this store for its Kafka")
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
@@ -306,7 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -318,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

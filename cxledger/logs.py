@@ -8,11 +8,13 @@ import sys
 import structlog
 
 
-def configure_logging(fmt: str | None = None, level: str = "info") -> None:
-    """``fmt`` console | json; None picks console on a terminal, json otherwise."""
+def configure_logging(fmt: str | None = None, level: str = "info", stream=None) -> None:
+    """``fmt`` console | json; None picks console on a terminal, json otherwise.
+    ``stream``: where to write (default stderr), e.g. a log file of ``cxledger up``."""
+    stream = stream or sys.stderr
     if fmt is None:
-        fmt = "console" if sys.stderr.isatty() else "json"
-    renderer = (structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        fmt = "console" if stream.isatty() else "json"
+    renderer = (structlog.dev.ConsoleRenderer(colors=stream.isatty())
                 if fmt == "console" else structlog.processors.JSONRenderer())
     structlog.configure(
         processors=[
@@ -25,9 +27,10 @@ def configure_logging(fmt: str | None = None, level: str = "info") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    # faust / aiokafka / mode log through the standard library.
-    logging.basicConfig(stream=sys.stderr, level=max(logging.WARNING,
-                        logging.getLevelName(level.upper())), format="%(levelname)s %(name)s: %(message)s")
+    # faust / aiokafka / mode / uvicorn log through the standard library.
+    logging.basicConfig(stream=stream, force=stream is not sys.stderr,
+                        level=max(logging.WARNING, logging.getLevelName(level.upper())),
+                        format="%(levelname)s %(name)s: %(message)s")

@@ -1,8 +1,9 @@
 """The whole pipeline in one process tree: broker, sinks, processors, and the wait for them.
 
-``Pipeline`` is what ``cxledger demo`` and the integration tests run. With no Kafka configured
-it starts the local Tansu broker as a child process; with no ClickHouse DSN it opens the embedded
-store. The sinks run as threads of this process, because one process owns a chDB directory.
+``Pipeline`` is what ``cxledger demo``, ``cxledger up`` and the integration tests run. With no
+Kafka configured it starts the local Tansu broker as a child process; with no ClickHouse DSN it
+opens the embedded store. The sinks run as threads of this process, because one process owns a
+chDB directory; processors and the gateway run as child processes (``Child``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from tqdm import tqdm
 
 from cxledger.config import Settings
-from cxledger.localstack import LocalBroker, die_with_parent
+from cxledger.localstack import LocalBroker, die_with_parent, supervised_child
 from cxledger.topics import create_topics
 from producers.sdk import make_codec
 from sinks.clickhouse import connect, create_tables
@@ -43,23 +44,44 @@ class _Running:
     thread: threading.Thread
 
 
-class Pipeline:
-    """``with Pipeline(settings) as p:`` -> p.settings has a live bootstrap; p.client the store."""
+@dataclass
+class Child:
+    """A child process of the pipeline: what it is, how to start it again, where it logs."""
+    name: str
+    argv: list[str]
+    log: Path | None
+    proc: subprocess.Popen
+    restarts: int = 0
 
-    def __init__(self, settings: Settings, *, broker_log=None):
+
+class Pipeline:
+    """``with Pipeline(settings) as p:`` -> p.settings has a live bootstrap; p.client the store.
+
+    ``supervised``: children get a process group of their own and die with this process
+    (``cxledger up``); otherwise they share its group (``demo``, tests)."""
+
+    def __init__(self, settings: Settings, *, broker_log=None, broker_port: int | None = None,
+                 supervised: bool = False, config_dir: Path | None = None):
         self.settings = settings
         self.broker_log = broker_log
+        self.broker_port = broker_port
+        self.preexec = supervised_child if supervised else die_with_parent
+        self.config_dir = config_dir
+        self.local_broker = False  # True when this pipeline started the (empty) broker
         self._stack = ExitStack()
         self._stop = threading.Event()
         self._sinks: list[_Running] = []
-        self._workers: list[subprocess.Popen] = []
+        self._workers: list[Child] = []
+        self._config: Path | None = None
         self.client = None
 
     def __enter__(self) -> "Pipeline":
         try:
             if not self.settings.kafka_bootstrap:
-                broker = self._stack.enter_context(LocalBroker(log_file=self.broker_log))
+                broker = self._stack.enter_context(LocalBroker(
+                    port=self.broker_port, log_file=self.broker_log, preexec=self.preexec))
                 self.settings = self.settings.with_(kafka_bootstrap=broker)
+                self.local_broker = True
             create_topics(self.settings)
             self.client = connect(self.settings.dsn)
             create_tables(self.client)
@@ -69,9 +91,22 @@ class Pipeline:
             raise
         return self
 
-    def start_sinks(self) -> None:
-        self._start(ledger_sink(self.settings, self.client, codec=self.codec))
-        self._start(derived_sink(self.settings, self.client, codec=self.codec))
+    def start_sinks(self, offset_base: dict[tuple[str, int], int] | None = None) -> None:
+        """The ledger and derived sinks as threads; ``offset_base``: see sinks.kafka_sink."""
+        self._start(ledger_sink(self.settings, self.client, codec=self.codec,
+                                offset_base=offset_base))
+        self._start(derived_sink(self.settings, self.client, codec=self.codec,
+                                 offset_base=offset_base))
+
+    @property
+    def sinks(self) -> list[ClickHouseSink]:
+        return [running.sink for running in self._sinks]
+
+    def dead_sinks(self) -> list[str]:
+        """Names of the sinks whose thread ended without being asked to stop."""
+        if self._stop.is_set():
+            return []
+        return [r.sink.name for r in self._sinks if not r.thread.is_alive()]
 
     def _start(self, sink: ClickHouseSink) -> None:
         thread = threading.Thread(target=sink.run, args=(self._stop,), name=sink.name, daemon=True)
@@ -93,24 +128,55 @@ class Pipeline:
 
         _wait_for_positions(positions, targets, "into ClickHouse", timeout, 0.1, show_progress)
 
+    # -- child processes ------------------------------------------------------------------
+    def _config_file(self) -> Path:
+        """These settings as a config file for the children (mode 0600: it may hold
+        credentials); in ``config_dir`` if given, else a temporary file."""
+        if self._config is None:
+            if self.config_dir is not None:
+                self.config_dir.mkdir(parents=True, exist_ok=True)
+                config = self.config_dir / "children.toml"
+                config.touch(mode=0o600)
+                config.chmod(0o600)
+            else:
+                config = Path(tempfile.mkstemp(prefix="cxledger-", suffix=".toml")[1])
+            config.write_text(self.settings.to_toml(), encoding="utf-8")
+            self._stack.callback(config.unlink, missing_ok=True)
+            self._config = config
+        return self._config
+
+    def spawn(self, name: str, command: list[str], log: Path | None) -> Child:
+        """Start ``cxledger <command>`` with these settings as a child process."""
+        argv = [sys.executable, "-m", "cxledger.cli", "--config", str(self._config_file()),
+                "--log-format", "json", *command]
+        return Child(name, argv, log, self._popen(argv, log))
+
+    def respawn(self, child: Child) -> None:
+        child.proc = self._popen(child.argv, child.log)
+        child.restarts += 1
+
+    def _popen(self, argv: list[str], log_path: Path | None) -> subprocess.Popen:
+        out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        try:
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, preexec_fn=self.preexec,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        finally:
+            if log_path:
+                out.close()
+
     # -- processors -----------------------------------------------------------------------
     def start_processors(self, workers: int = 1, log_dir: Path | None = None) -> None:
         """Start ``workers`` faust workers (``cxledger process``) as child processes."""
-        config = Path(tempfile.mkstemp(prefix="cxledger-", suffix=".toml")[1])
-        config.write_text(self.settings.to_toml(), encoding="utf-8")  # mkstemp: mode 0600
-        self._stack.callback(config.unlink, missing_ok=True)
         for n in range(workers):
-            out = open(log_dir / f"worker-{n}.log", "ab") if log_dir else subprocess.DEVNULL
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "cxledger.cli", "--config", str(config),
-                 "--log-format", "json", "process"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=die_with_parent)
-            if log_dir:
-                out.close()
-            self._workers.append(proc)
+            self._workers.append(self.spawn(f"worker-{n}", ["process"],
+                                            log_dir / f"worker-{n}.log" if log_dir else None))
         self._stack.callback(self.stop_processors)
         log.info("processors started", workers=workers)
+
+    @property
+    def workers(self) -> list[Child]:
+        return list(self._workers)
 
     def wait_for_processor_group(self, timeout: float = 60.0) -> None:
         """Block until the processors' consumer group is STABLE (every worker started
@@ -118,14 +184,12 @@ class Pipeline:
         from confluent_kafka import ConsumerGroupState
         from confluent_kafka.admin import AdminClient
 
-        from processors.app import APP_ID
+        from processors.changelog import APP_ID
 
         admin = AdminClient(self.settings.kafka_conf())
         deadline = time.monotonic() + timeout
         while True:
-            for proc in self._workers:
-                if proc.poll() is not None:
-                    raise PipelineError(f"a processor exited with code {proc.returncode}")
+            self._check_workers()
             try:
                 group = admin.describe_consumer_groups([APP_ID])[APP_ID].result(timeout=5)
                 if group.state == ConsumerGroupState.STABLE:
@@ -138,17 +202,15 @@ class Pipeline:
                                     f"{timeout:.0f}s; see the worker logs")
             time.sleep(0.5)
 
-    def stop_processors(self) -> None:
+    def _check_workers(self) -> None:
+        for child in self._workers:
+            if child.proc.poll() is not None:
+                raise PipelineError(f"a processor exited with code {child.proc.returncode}"
+                                    + (f"; see {child.log}" if child.log else ""))
+
+    def stop_processors(self, timeout: float = 20.0) -> None:
         workers, self._workers = self._workers, []
-        for proc in workers:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in workers:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_children(workers, timeout)
 
     def processed_offsets(self, group_id: str, topic: str) -> dict[tuple[str, int], int]:
         """Offsets committed by the processors' consumer group on ``topic``."""
@@ -164,12 +226,10 @@ class Pipeline:
                             show_progress: bool = True) -> None:
         """Block until the processors committed ``targets`` on the ledger: every derived event
         of those ledger events has then been acknowledged by the broker."""
-        from processors.app import APP_ID
+        from processors.changelog import APP_ID
 
         def committed() -> dict[tuple[str, int], int]:
-            for proc in self._workers:
-                if proc.poll() is not None:
-                    raise PipelineError(f"a processor exited with code {proc.returncode}")
+            self._check_workers()
             return self.processed_offsets(APP_ID, self.settings.topics.ledger)
 
         _wait_for_positions(committed, targets, "processing", timeout, 0.5, show_progress)
@@ -196,12 +256,32 @@ class Pipeline:
             raise PipelineError("could not write position markers to " + ", ".join(topics))
         return positions
 
-    def __exit__(self, *exc) -> None:
+    def stop_sinks(self, timeout: float = 30.0) -> None:
+        """Stop the sinks; each writes the batch it holds before it returns."""
         self._stop.set()
         for running in self._sinks:
-            running.thread.join(timeout=30)
+            running.thread.join(timeout=timeout)
         self._sinks.clear()
+
+    def __exit__(self, *exc) -> None:
+        self.stop_sinks()
         self._stack.close()
+
+
+def stop_children(children: list[Child], timeout: float) -> None:
+    """SIGTERM every child, wait up to ``timeout`` in all, then SIGKILL what is left."""
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.terminate()
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("child did not stop in time; killing it", child=child.name,
+                        pid=child.proc.pid)
+            child.proc.kill()
+            child.proc.wait(timeout=5)
 
 
 def _wait_for_positions(current, targets: dict[tuple[str, int], int], what: str,

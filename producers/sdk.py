@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterable
 import time
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (Consumer, KafkaError, KafkaException, Message, Producer,
+                             TopicPartition)
 
 from cxledger.config import LEDGER_SINK_GROUP, Settings
 from schemas.codec import WireCodec
@@ -175,8 +176,12 @@ class LedgerProducer:
         partitions = [TopicPartition(t, p) for t, p in targets]
         deadline = time.monotonic() + timeout
         while True:
-            committed = {(tp.topic, tp.partition): tp.offset
-                         for tp in self._store_watch.committed(partitions, timeout=10)}
+            try:
+                committed = {(tp.topic, tp.partition): tp.offset for tp in
+                             self._store_watch.committed(partitions, timeout=min(10, timeout))}
+            except KafkaException as exc:  # the broker is away: not stored, as far as we know
+                log.warning("cannot read what the store holds", error=str(exc))
+                committed = {}
             behind = sum(max(0, end - committed.get(tp, 0)) for tp, end in targets.items())
             if not behind:
                 return

@@ -604,7 +604,9 @@ def test_embedded_next_to_an_inserting_client(tmp_path):
 
 # -- the official JavaScript client ---------------------------------------------------------------
 
-def test_javascript_client(served, tmp_path):
+def javascript_client(url: str, user: str, password: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run tests/js/query.mjs (@clickhouse/client) against ``url``; skip when npm cannot
+    install the client here."""
     npm, node = shutil.which("npm"), shutil.which("node")
     if not (npm and node):
         pytest.skip("node and npm are needed for @clickhouse/client")
@@ -618,8 +620,12 @@ def test_javascript_client(served, tmp_path):
         pytest.skip("npm install of @clickhouse/client took over 120 s")
     if installed.returncode != 0:
         pytest.skip(f"npm could not install @clickhouse/client: {installed.stderr.strip()[-500:]}")
-    ran = subprocess.run([node, "query.mjs", served.url, USER, PASSWORD], cwd=work, capture_output=True,
-                         text=True, timeout=60)
+    return subprocess.run([node, "query.mjs", url, user, password], cwd=work, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_javascript_client(served, tmp_path):
+    ran = javascript_client(served.url, USER, PASSWORD, tmp_path)
     assert ran.returncode == 0, ran.stderr
     out = json.loads(ran.stdout)
     assert out["ping"] == {"success": True}

@@ -1,0 +1,375 @@
+"""``cxledger up`` as its users run it: a service on one machine that channels publish to,
+ops query while events flow, and that stops and starts again without losing or doubling
+anything. Every stack here is a real process tree (broker, workers, gateway) on a store of its
+own; the commands find it through the stack record, as they would in a user's directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from producers.simulator import simulate
+from tests.integration.test_query_endpoint import javascript_client
+
+pytestmark = pytest.mark.integration
+
+READY = 240  # seconds for a stack to come up on a loaded 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXLEDGER_")}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str], timeout: float = 240,
+        input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cxledger.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout, input=input)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children of children included)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids: list[int], timeout: float = 30) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.2)
+    return [p for p in pids if alive(p)]
+
+
+def read_record(store: Path) -> dict | None:
+    try:
+        return json.loads((store / "stack.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Up:
+    """A foreground ``cxledger up`` in its own process group, as a terminal would run it."""
+
+    def __init__(self, cwd: Path, env: dict[str, str], *args: str):
+        self.cwd = cwd
+        self.store = cwd / ".cxledger" / "store"
+        self.out = open(cwd / f"up-{time.monotonic_ns()}.out", "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "cxledger.cli", "up", *args],
+                                     cwd=cwd, env=env, stdout=self.out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def output(self) -> str:
+        self.out.flush()
+        return Path(self.out.name).read_text()
+
+    def wait_ready(self) -> dict:
+        deadline = time.monotonic() + READY
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"cxledger up exited with {self.proc.returncode}:\n{self.output()}")
+            record = read_record(self.store)
+            if record and record["pid"] == self.proc.pid and record["state"] == "ready":
+                return record
+            time.sleep(0.3)
+        pytest.fail(f"cxledger up not ready in {READY}s:\n{self.output()}")
+
+    def interrupt(self) -> float:
+        """Ctrl-C at the terminal: SIGINT to the process group; returns seconds to exit."""
+        started = time.monotonic()
+        os.killpg(self.proc.pid, signal.SIGINT)
+        code = self.proc.wait(timeout=90)
+        seconds = time.monotonic() - started
+        assert code == 0, self.output()
+        return seconds
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+def http(url: str, data: bytes | None = None, headers: dict | None = None,
+         method: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def csv_rows(result: subprocess.CompletedProcess) -> list[str]:
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()[1:]
+
+
+def write_jsonl(path: Path, events: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return path
+
+
+DERIVED = ["satisfaction_scores", "satisfaction_window_partials", "complaint_sla_breaches",
+           "complaint_state", "churn_risk_changes", "tier_proposals", "tier_changes"]
+
+
+def table_rows(cwd: Path, env: dict, store: Path, table: str) -> list[str]:
+    return csv_rows(cli("sql", "--store", str(store), "--format", "csv",
+                        f"SELECT * FROM {table} FINAL ORDER BY ALL", cwd=cwd, env=env))
+
+
+def test_a_detached_stack_serves_publishers_and_readers_until_down(tmp_path):
+    """up --detach; the commands of the same directory find it; acknowledged means stored;
+    three ways in (file, SDK, gateway) and three ways out (sql, clickhouse-connect, customer);
+    a second up refuses; replay through the stack equals live; down leaves nothing."""
+    import clickhouse_connect
+
+    from cxledger.config import load_settings
+    from cxledger.stack import attach, find_stack
+    from producers.sdk import LedgerProducer
+
+    env = clean_env(CXLEDGER_QUERY_PORT=str(free_port()),
+                    CXLEDGER_GATEWAY_PORT=str(free_port()))
+    started = cli("up", "--detach", cwd=tmp_path, env=env, timeout=READY + 30)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "password" in started.stdout
+    store = tmp_path / ".cxledger" / "store"
+    record = read_record(store)
+    assert (store / "stack.json").stat().st_mode & 0o777 == 0o600
+    assert record["query"]["password"] in started.stdout  # generated, printed, kept
+    up_pid = record["pid"]
+    try:
+        again = cli("up", cwd=tmp_path, env=env, timeout=60)
+        assert again.returncode == 1
+        assert "already running" in again.stderr and "cxledger down" in again.stderr
+
+        status = cli("status", cwd=tmp_path, env=env)
+        assert status.returncode == 0 and "query endpoint" in status.stdout, status.stdout
+
+        events = list(simulate(1500, seed=3))
+        published = cli("publish", str(write_jsonl(tmp_path / "traffic.jsonl", events)),
+                        cwd=tmp_path, env=env)
+        assert published.returncode == 0, published.stderr
+        assert "1500 published" in published.stdout
+        # acknowledged means stored: visible at once, no waiting
+        count = cli("sql", "SELECT count() FROM ledger", "--format", "csv", cwd=tmp_path, env=env)
+        assert csv_rows(count) == ["1500"]
+
+        # the SDK, attached to the running stack
+        settings = attach(load_settings(environ={}).with_(store=store), find_stack(store))
+        assert settings.acks_wait_for_store
+        sdk_event = {**{k: v for k, v in events[0].items() if k != "event_id"},
+                     "customer_id": "c-sdk-1"}
+        with LedgerProducer(settings) as producer:
+            sdk_id = producer.publish(sdk_event)
+        seen = cli("sql", f"SELECT count() FROM ledger WHERE event_id = '{sdk_id}'",
+                   "--format", "csv", cwd=tmp_path, env=env)
+        assert csv_rows(seen) == ["1"]
+
+        # the gateway: 202 only once the event is in the store
+        gateway_event = {**sdk_event, "customer_id": "c-gw-1"}
+        code, body = http(f"http://127.0.0.1:{record['gateway']['port']}/events",
+                          json.dumps(gateway_event).encode(),
+                          {"Content-Type": "application/json"})
+        assert code == 202, body
+        gateway_id = json.loads(body)["event_ids"][0]
+        seen = cli("sql", f"SELECT customer_id FROM ledger WHERE event_id = '{gateway_id}'",
+                   "--format", "csv", cwd=tmp_path, env=env)
+        assert csv_rows(seen) == ['"c-gw-1"']
+
+        # a real ClickHouse client on the query endpoint, with bound parameters
+        client = clickhouse_connect.get_client(
+            host="127.0.0.1", port=record["query"]["port"], username=record["query"]["user"],
+            password=record["query"]["password"], compress=True)
+        by_city = client.query("SELECT city, count() AS n FROM ledger WHERE city != {skip:String}"
+                               " GROUP BY city ORDER BY city", parameters={"skip": "beijing"})
+        via_sql = cli("sql", "SELECT city, count() AS n FROM ledger WHERE city != 'beijing' "
+                      "GROUP BY city ORDER BY city", "--format", "csv", cwd=tmp_path, env=env)
+        assert [f'"{c}",{n}' for c, n in by_city.result_rows] == csv_rows(via_sql)
+        query_url = f"http://127.0.0.1:{record['query']['port']}"
+        code, body = http(f"{query_url}/?user={record['query']['user']}&password="
+                          f"{record['query']['password']}",
+                          b"INSERT INTO ledger_events (event_id) VALUES (generateUUIDv4())")
+        assert code >= 400 and b"READONLY" in body
+        code, body = http(f"{query_url}/?user={record['query']['user']}&password=wrong",
+                          b"SELECT 1")
+        assert code == 403 and b"AUTHENTICATION_FAILED" in body
+        # the official JavaScript client sees what `cxledger sql` sees
+        ran = javascript_client(query_url, record["query"]["user"], record["query"]["password"],
+                                tmp_path)
+        assert ran.returncode == 0, ran.stderr
+        cities = cli("sql", "SELECT city, count() AS events, min(occurred_at) AS first FROM "
+                     "ledger_events WHERE channel = 'phone' GROUP BY city ORDER BY city "
+                     "FORMAT JSONEachRow", cwd=tmp_path, env=env)
+        expected = [json.loads(line) for line in cities.stdout.splitlines()]
+        assert expected and json.loads(ran.stdout)["cities"] == expected
+        assert json.loads(ran.stdout)["insert"]["type"] == "READONLY"
+
+        # a customer's timeline, through the stack
+        customer = events[0]["customer_id"]
+        report = cli("customer", customer, "--format", "json", cwd=tmp_path, env=env)
+        assert report.returncode == 0, report.stderr
+        doc = json.loads(report.stdout)
+        assert doc["customer_id"] == customer and doc["timeline"]
+        assert {"as_of", "tier", "churn_risk", "open_complaints"} <= set(doc)
+
+        # replay through the running stack equals live, once the processors caught up
+        deadline = time.monotonic() + 120
+        while True:
+            replayed = cli("replay", cwd=tmp_path, env=env)
+            if replayed.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        assert "replay equals live" in replayed.stdout, replayed.stdout + replayed.stderr
+        processes = descendants(up_pid)
+        assert len(processes) >= 3  # broker, worker, gateway
+    finally:
+        down = cli("down", cwd=tmp_path, env=env, timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert wait_gone([up_pid, *processes]) == []
+    assert cli("status", cwd=tmp_path, env=env).returncode == 3
+
+
+def test_ctrl_c_then_up_again_continues_as_if_never_stopped(tmp_path):
+    """A ledger published in two halves, the stack stopped with Ctrl-C and started again
+    between them, derives exactly what one uninterrupted run derives from the whole."""
+    events = list(simulate(4000, seed=5))
+    whole = write_jsonl(tmp_path / "whole.jsonl", events)
+    first = write_jsonl(tmp_path / "first.jsonl", events[:2000])
+    second = write_jsonl(tmp_path / "second.jsonl", events[2000:])
+    env = clean_env()
+    reference = tmp_path / "reference" / "store"
+    demo = cli("demo", "--input", str(whole), "--store", str(reference), cwd=tmp_path, env=env)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+
+    work = tmp_path / "service"
+    work.mkdir()
+    # the contract: `cd DIR && cxledger up` serves on 127.0.0.1:8123 and :8080
+    defaults = port_free(8123) and port_free(8080)
+    ports = {} if defaults else {"CXLEDGER_QUERY_PORT": str(free_port()),
+                                 "CXLEDGER_GATEWAY_PORT": str(free_port())}
+    up_env = clean_env(CXLEDGER_QUERY_USER="ops", CXLEDGER_QUERY_PASSWORD="reader-secret",
+                       **ports)
+    for half in (first, second):
+        up = Up(work, up_env)
+        record = up.wait_ready()
+        if defaults:
+            assert (record["query"]["port"], record["gateway"]["port"]) == (8123, 8080)
+        assert record["query"]["user"] == "ops"
+        assert record["query"]["password"] == "reader-secret"
+        children = descendants(up.proc.pid)
+        published = cli("publish", str(half), cwd=work, env=env)
+        assert published.returncode == 0, published.stderr
+        seconds = up.interrupt()
+        assert seconds < 60, f"Ctrl-C took {seconds:.0f}s"
+        assert wait_gone(children) == [], "Ctrl-C left processes behind"
+    store = work / ".cxledger" / "store"
+    assert "restored: 2,000 ledger events" in up.output()
+    for table in DERIVED:
+        expected = table_rows(tmp_path, env, reference, table)
+        assert expected, table
+        assert table_rows(tmp_path, env, store, table) == expected, table
+    ledger = "SELECT event_id, kafka_partition, kafka_offset FROM ledger ORDER BY ALL"
+    assert (csv_rows(cli("sql", "--store", str(store), "--format", "csv", ledger, cwd=tmp_path,
+                         env=env))
+            == csv_rows(cli("sql", "--store", str(reference), "--format", "csv", ledger,
+                            cwd=tmp_path, env=env)))
+
+
+def test_kill_9_of_the_whole_stack_loses_nothing_acknowledged(tmp_path):
+    """SDK publishing while the whole process group is killed: every acknowledged event is
+    in the store exactly once, nothing is left running, and after a restart the derived
+    tables equal a fold of the stored ledger."""
+    from cxledger.config import load_settings
+    from cxledger.stack import attach, find_stack
+    from producers.sdk import DeliveryError, LedgerProducer
+
+    env = clean_env(CXLEDGER_QUERY_PORT=str(free_port()),
+                    CXLEDGER_GATEWAY_PORT=str(free_port()))
+    up = Up(tmp_path, env)
+    up.wait_ready()
+    store = up.store
+    settings = attach(load_settings(environ={}).with_(store=store), find_stack(store))
+    acknowledged: list[str] = []
+    failed = threading.Event()
+
+    def publish() -> None:
+        with LedgerProducer(settings, producer_conf={"message.timeout.ms": 8000}) as producer:
+            chunk: list[str] = []
+            for event in simulate(200_000, seed=8):
+                chunk.append(producer.publish(event))
+                if len(chunk) == 250:
+                    try:
+                        producer.flush(15)
+                    except DeliveryError:
+                        failed.set()
+                        return
+                    acknowledged.extend(chunk)
+                    chunk = []
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    deadline = time.monotonic() + 120
+    while len(acknowledged) < 3000 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(acknowledged) >= 3000, up.output()
+    children = descendants(up.proc.pid)
+    up.kill()
+    assert wait_gone(children, timeout=15) == [], "kill -9 left processes behind"
+    publisher.join(timeout=60)
+    assert failed.is_set()
+
+    up = Up(tmp_path, env)
+    up.wait_ready()
+    up.interrupt()
+    stored = csv_rows(cli("sql", "SELECT toString(event_id) FROM ledger", "--format", "csv",
+                          cwd=tmp_path, env=env))
+    ids = [row.strip('"') for row in stored]
+    assert len(ids) == len(set(ids))
+    assert set(acknowledged) <= set(ids), f"{len(set(acknowledged) - set(ids))} lost"
+    replayed = cli("replay", cwd=tmp_path, env=env)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "replay equals live" in replayed.stdout
