@@ -269,7 +269,7 @@ def cmd_up(args, settings: Settings) -> int:
     from cxledger.up import run_detached, run_up
 
     settings = _on_store(args, settings)
-    for flag in ("query_host", "query_port", "gateway_host", "gateway_port"):
+    for flag in ("query_host", "query_port", "gateway_host", "gateway_port", "broker_port"):
         if getattr(args, flag) is not None:
             settings = settings.with_(**{flag: getattr(args, flag)})
     if args.workers < 1:
@@ -319,7 +319,7 @@ def cmd_gateway(args, settings: Settings) -> int:
 def cmd_broker(args, settings: Settings) -> int:
     from cxledger.localstack import LocalBroker
 
-    broker = LocalBroker(port=args.port)
+    broker = LocalBroker(host=settings.broker_host, port=args.port or settings.broker_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with broker as bootstrap:
@@ -364,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-port", type=int, help="query endpoint port (default 8123)")
     p.add_argument("--gateway-host", help="gateway listen address (default 127.0.0.1)")
     p.add_argument("--gateway-port", type=int, help="gateway port (default 8080)")
+    p.add_argument("--broker-port", type=int, help="local broker port (default: a free one)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("status", help="report on the stack running on a store")

