@@ -5,6 +5,7 @@ own; the commands find it through the stack record, as they would in a user's di
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -156,6 +157,30 @@ DERIVED = ["satisfaction_scores", "satisfaction_window_partials", "complaint_sla
            "complaint_state", "churn_risk_changes", "tier_proposals", "tier_changes"]
 
 
+def chdb_output(store: Path, queries: list[tuple[str, str]]) -> list[bytes]:
+    """The same queries run directly on chDB over ``store`` (in a process of their own: this
+    one may hold another store)."""
+    script = ("import chdb, json, sys\n"
+              "conn = chdb.connect(sys.argv[1])\n"
+              "for sql, fmt in json.loads(sys.stdin.read()):\n"
+              "    sys.stdout.write(conn.query(sql, fmt).bytes().hex() + '\\n')\n")
+    ran = subprocess.run([sys.executable, "-c", script, str(store)], input=json.dumps(queries),
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    return [bytes.fromhex(line) for line in ran.stdout.splitlines()]
+
+
+RAW_QUERIES = [  # (query, format) asked over HTTP while the stack runs, then of chDB directly
+    ("SELECT event_type, count() AS n FROM ledger GROUP BY event_type ORDER BY event_type",
+     "JSONEachRow"),
+    ("SELECT city, uniqExact(customer_id) AS customers FROM ledger GROUP BY city ORDER BY city",
+     "CSVWithNames"),
+    ("SELECT event_id, occurred_at, kafka_partition, kafka_offset FROM ledger "
+     "ORDER BY kafka_partition, kafka_offset LIMIT 200", "TabSeparatedWithNamesAndTypes"),
+    ("SELECT event_id, city, occurred_at FROM ledger ORDER BY event_id LIMIT 300", "Parquet"),
+]
+
+
 def table_rows(cwd: Path, env: dict, store: Path, table: str) -> list[str]:
     return csv_rows(cli("sql", "--store", str(store), "--format", "csv",
                         f"SELECT * FROM {table} FINAL ORDER BY ALL", cwd=cwd, env=env))
@@ -237,6 +262,19 @@ def test_a_detached_stack_serves_publishers_and_readers_until_down(tmp_path):
         code, body = http(f"{query_url}/?user={record['query']['user']}&password=wrong",
                           b"SELECT 1")
         assert code == 403 and b"AUTHENTICATION_FAILED" in body
+        # raw HTTP in several formats; compared with chDB itself once the stack is down
+        credentials = {"Authorization": "Basic " + base64.b64encode(
+            f"{record['query']['user']}:{record['query']['password']}".encode()).decode()}
+        served = []
+        for sql, fmt in RAW_QUERIES:
+            code, body = http(f"{query_url}/?default_format={fmt}", sql.encode(), credentials)
+            assert code == 200, body
+            served.append(body)
+        every_city = "SELECT city, count() AS n FROM ledger GROUP BY city ORDER BY city"
+        arrow = client.query_arrow(every_city)
+        assert [f'"{c}",{n}' for c, n in zip(arrow.column("city").to_pylist(),
+                                            arrow.column("n").to_pylist())] == csv_rows(
+            cli("sql", every_city, "--format", "csv", cwd=tmp_path, env=env))
         # the official JavaScript client sees what `cxledger sql` sees
         ran = javascript_client(query_url, record["query"]["user"], record["query"]["password"],
                                 tmp_path)
@@ -271,6 +309,7 @@ def test_a_detached_stack_serves_publishers_and_readers_until_down(tmp_path):
     assert down.returncode == 0, down.stdout + down.stderr
     assert wait_gone([up_pid, *processes]) == []
     assert cli("status", cwd=tmp_path, env=env).returncode == 3
+    assert chdb_output(store, RAW_QUERIES) == served
 
 
 def test_ctrl_c_then_up_again_continues_as_if_never_stopped(tmp_path):
@@ -337,18 +376,17 @@ def test_kill_9_of_the_whole_stack_loses_nothing_acknowledged(tmp_path):
     failed = threading.Event()
 
     def publish() -> None:
-        with LedgerProducer(settings, producer_conf={"message.timeout.ms": 8000}) as producer:
+        producer = LedgerProducer(settings, producer_conf={"message.timeout.ms": 8000})
+        try:
             chunk: list[str] = []
             for event in simulate(200_000, seed=8):
                 chunk.append(producer.publish(event))
                 if len(chunk) == 250:
-                    try:
-                        producer.flush(15)
-                    except DeliveryError:
-                        failed.set()
-                        return
+                    producer.flush(15)
                     acknowledged.extend(chunk)
                     chunk = []
+        except DeliveryError:
+            failed.set()
 
     publisher = threading.Thread(target=publish, daemon=True)
     publisher.start()
