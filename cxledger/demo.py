@@ -109,8 +109,9 @@ def run_demo(settings: Settings, *, events: int, input_file: Path | None, seed: 
     where = settings.store if settings.embedded_store else settings.clickhouse_dsn
     command = sys.argv[0] if sys.argv[0].endswith("cxledger") else "cxledger"
     print(f"\nThe ledger is in {where}. Query it with:\n"
-          f"  {command} sql --store {settings.store} \"SELECT count() FROM ledger_events\"",
-          file=out)
+          f"  {command} sql --store {settings.store} \"SELECT count() FROM ledger_events\"\n"
+          f"or run it as a service (publish, query with any ClickHouse client, Grafana):\n"
+          f"  {command} up --store {settings.store}", file=out)
     return 1 if rejected else 0
 
 
