@@ -38,7 +38,6 @@ from typing import Any, TextIO
 import structlog
 
 from cxledger.config import Settings
-from cxledger.demo import STORE_MARKER
 from cxledger.logs import configure_logging
 from cxledger.pipeline import Child, Pipeline, PipelineError, stop_children
 from cxledger.stack import (LOGS, STATUS, StackRecord, StackRunning, StoreLock, find_stack,
@@ -396,7 +395,6 @@ def run_up(settings: Settings, workers: int = 1, log_level: str = "info") -> int
         print(f"cxledger: {exc}", file=sys.stderr)
         return 1
     remove_record(store)  # a record left by a stack that was killed
-    (store / STORE_MARKER).unlink(missing_ok=True)  # a service's store: `demo` must not wipe it
     stop = threading.Event()
     stack: Stack | None = None
 
