@@ -71,8 +71,9 @@ def seed_state(settings: Settings, folds: PartitionFolds, timeout: float = 60.0)
             written += 1
     _settle(producer, failures, timeout)
     for partition, fold in folds.folds.items():  # last, one record per batch (see above)
-        send(partition, state_key(partition, PARTITION_STATE_KEY),
-             encode_state(fold.snapshot_partition()))
+        snapshot = fold.snapshot_partition()
+        snapshot["position"] = 0  # the state holds the store's ledger; the broker's is empty
+        send(partition, state_key(partition, PARTITION_STATE_KEY), encode_state(snapshot))
         written += 1
     _settle(producer, failures, timeout)
     log.info("processor state seeded", records=written, partitions=len(folds.folds))

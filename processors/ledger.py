@@ -68,6 +68,9 @@ class PartitionFold:
         self.rules = rules if rules is not None else load_rules()
         self.partition = partition
         self.clock = 0
+        # The ledger offset after the last message folded here (the worker's bookkeeping:
+        # a restored state knows which input it already holds; replay leaves it at 0).
+        self.position = 0
         self.customers: dict[str, dict] = {}
         self.windows = WindowAggregator(self.rules, partition)
         self.ignored: Counter[str] = Counter()
@@ -355,6 +358,7 @@ class PartitionFold:
             "partition": self.partition,
             "rules_version": self.rules.version,
             "clock": self.clock,
+            "position": self.position,
             "windows": self.windows.snapshot(),
             "complaints_touched": sorted([list(k) for k in self._complaints_touched]),
             "ignored": dict(self.ignored),
@@ -364,6 +368,7 @@ class PartitionFold:
         if plain.get("format") != STATE_FORMAT:
             raise ValueError(f"partition state format {plain.get('format')!r} is not {STATE_FORMAT}")
         self.clock = max(self.clock, plain["clock"])
+        self.position = plain.get("position", 0)
         self.windows.restore(plain["windows"])
         self.windows.clock = self.clock
         self._complaints_touched = {tuple(k) for k in plain.get("complaints_touched", ())}
