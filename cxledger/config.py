@@ -58,6 +58,9 @@ class Topics:
     deadletter: str = "cx.deadletter"
     partitions: int = 6
     replication_factor: int = 1
+    # The processors' faust app: its consumer group and its state table's changelog topic
+    # ("<app>-fold-state-changelog") belong with this ledger.
+    processors_app: str = "cxledger-processors"
     derived: Mapping[str, str] = field(default_factory=lambda: {
         "satisfaction_scores": "cx.satisfaction.scores",
         "satisfaction_windows": "cx.satisfaction.windows",
@@ -149,7 +152,7 @@ class Settings:
         t = self.topics
         lines += ["[topics]", f"ledger = {q(t.ledger)}", f"deadletter = {q(t.deadletter)}",
                   f"partitions = {t.partitions}", f"replication_factor = {t.replication_factor}",
-                  "[topics.derived]"]
+                  f"processors_app = {q(t.processors_app)}", "[topics.derived]"]
         lines += [f"{k} = {q(v)}" for k, v in t.derived.items()]
         if self.rules_path:
             lines += ["[rules]", f"path = {q(self.rules_path)}"]

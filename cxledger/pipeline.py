@@ -184,21 +184,20 @@ class Pipeline:
         from confluent_kafka import ConsumerGroupState
         from confluent_kafka.admin import AdminClient
 
-        from processors.changelog import APP_ID
-
         admin = AdminClient(self.settings.kafka_conf())
+        group = self.settings.topics.processors_app
         deadline = time.monotonic() + timeout
         while True:
             self._check_workers()
             try:
-                group = admin.describe_consumer_groups([APP_ID])[APP_ID].result(timeout=5)
-                if group.state == ConsumerGroupState.STABLE:
-                    log.info("processors ready", group=APP_ID)
+                described = admin.describe_consumer_groups([group])[group].result(timeout=5)
+                if described.state == ConsumerGroupState.STABLE:
+                    log.info("processors ready", group=group)
                     return
             except Exception as exc:  # the group does not exist until the first join
                 log.debug("processor group not described yet", error=str(exc))
             if time.monotonic() > deadline:
-                raise PipelineError(f"the processors did not join group {APP_ID} within "
+                raise PipelineError(f"the processors did not join group {group} within "
                                     f"{timeout:.0f}s; see the worker logs")
             time.sleep(0.5)
 
@@ -226,11 +225,10 @@ class Pipeline:
                             show_progress: bool = True) -> None:
         """Block until the processors committed ``targets`` on the ledger: every derived event
         of those ledger events has then been acknowledged by the broker."""
-        from processors.changelog import APP_ID
-
         def committed() -> dict[tuple[str, int], int]:
             self._check_workers()
-            return self.processed_offsets(APP_ID, self.settings.topics.ledger)
+            return self.processed_offsets(self.settings.topics.processors_app,
+                                          self.settings.topics.ledger)
 
         _wait_for_positions(committed, targets, "processing", timeout, 0.5, show_progress)
 

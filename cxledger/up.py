@@ -43,7 +43,6 @@ from cxledger.pipeline import Child, Pipeline, PipelineError, stop_children
 from cxledger.stack import (LOGS, STATUS, StackRecord, StackRunning, StoreLock, find_stack,
                             read_record, read_status, remove_record, running_message, store_path,
                             write_json_private, write_record)
-from processors.changelog import APP_ID
 from sinks.derived_sink import DERIVED_GROUP
 from sinks.ledger_sink import LEDGER_GROUP
 
@@ -340,7 +339,7 @@ class StackMonitor:
 
         t = self.pipe.settings.topics
         groups = {"ledger-sink": (LEDGER_GROUP, [t.ledger]),
-                  "processors": (APP_ID, [t.ledger]),
+                  "processors": (t.processors_app, [t.ledger]),
                   "derived-sink": (DERIVED_GROUP, list(dict.fromkeys(t.derived.values())))}
         # Tansu reports a partition's end as its last batch's base offset + 1, short of the
         # true end by the rest of that batch; what the sinks have read is known to exist.

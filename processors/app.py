@@ -3,26 +3,36 @@
     cxledger process            # one worker; start more with the same settings to scale out
 
 Per batch (``stream.take_events``), in this order, which is the whole at-least-once story:
-  1. decode with our Avro codec; undecodable messages go to the dead-letter topic with the reason;
-  2. fold each partition's records in offset order (processors.batch), drain what changed;
-  3. persist the changed customer states (and each partition's own state) to a faust table,
-     one entry per changed key, JSON-encoded; the table's changelog is what a restarted or
-     rebalanced worker recovers from;
+  1. skip what the partition's state already holds (offsets below its ``position``: input
+     redelivered after a crash that came after the state was written);
+  2. decode with our Avro codec; undecodable messages go to the dead-letter topic with the reason;
+  3. fold each partition's records in offset order (processors.batch), drain what changed;
   4. send the derived events as Avro to their topics and wait for the broker's acks (through
      librdkafka: aiokafka's producer tops out near 11k messages/s on the local broker, and a
-     batch of backfill can derive more events than it folds);
-  5. return: faust acks the batch's events and commits their offsets on its interval.
-A crash before 5 replays the batch: derived event ids are deterministic and every sink
-deduplicates by id, so a replay changes nothing users see. Hot state lives in memory as plain
-data; the table is written once per batch, never read on the hot path.
+     batch of backfill can derive more events than it folds). A batch whose events are not
+     acknowledged is sent again, with backoff, until they are: it is never acknowledged, and
+     never leaves state behind, before that;
+  5. persist the changed customer states and each partition's own state (clock, windows, the
+     ``position`` after the batch) to a faust table, one entry per changed key, JSON-encoded;
+     the table's changelog is what a restarted or rebalanced worker recovers from, and faust
+     flushes it before it commits input offsets;
+  6. return: faust acks the batch's events and commits their offsets on its interval.
+A crash before 5 replays the batch from the state before it: derived event ids are
+deterministic and every sink deduplicates by id, so a replay changes nothing users see. A crash
+between 5 and the commit redelivers input the state already holds: step 1 skips it. When a
+recovered state is behind the input it is given (a changelog read short of its end), the gap
+is read from the ledger and folded again before anything else. Hot state lives in memory as
+plain data; the table is written once per batch, never read on the hot path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 import threading
 import time
+import uuid
 from collections import defaultdict
 from typing import Any
 
@@ -32,16 +42,27 @@ from faust.tables.table import Table
 
 from cxledger.config import Settings
 from processors.batch import PartitionFolds, partition_of_key, settle_heap, tune_gc_for_folds
-from processors.changelog import APP_ID, STATE_TABLE
+from processors.changelog import STATE_TABLE
 from processors.ledger import live_clock_target
 from processors.rules import Rules, load_rules
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from producers.sdk import PRODUCER_DEFAULTS, make_codec
 from schemas.codec import DecodeError
 
 log = structlog.get_logger("cxledger.processors")
 
+RETRY_FIRST_S = 0.5   # a batch not acknowledged is sent again after this, doubling each time,
+RETRY_MAX_S = 30.0    # up to this, with jitter
+
+
+class NotAcknowledged(RuntimeError):
+    """Derived events the broker did not acknowledge."""
+
+
+def backoff(attempt: int, first: float = RETRY_FIRST_S, cap: float = RETRY_MAX_S) -> float:
+    """Bounded exponential backoff with full jitter: attempt 1 waits up to ``first``."""
+    return random.uniform(0, min(cap, first * 2 ** (attempt - 1)))
 
 
 class PartitionKeyedTable(Table):
@@ -71,12 +92,20 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
 
 class DerivedProducer:
     """librdkafka producer for derived and dead-letter events: ``send`` queues, ``settle``
-    waits (off the event loop) until every queued message is acknowledged or raises."""
+    waits (off the event loop) until every queued message is acknowledged or raises
+    NotAcknowledged; ``reset`` starts a new client after a failure."""
 
     def __init__(self, settings: Settings):
+        self._settings = settings
         self._producer = Producer(settings.kafka_conf(**PRODUCER_DEFAULTS))
         self._failures: list[str] = []
         self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        """A new librdkafka client (an idempotent producer can be left in a fatal state)."""
+        self._producer = Producer(self._settings.kafka_conf(**PRODUCER_DEFAULTS))
+        with self._lock:
+            self._failures = []
 
     def _delivered(self, err, msg) -> None:
         if err is not None:
@@ -99,10 +128,30 @@ class DerivedProducer:
         with self._lock:
             failures, self._failures = self._failures, []
         if remaining or failures:
-            # Raising fails the batch before it is acked: the worker stops and a restart
-            # processes it again (derived ids are deterministic, sinks deduplicate).
-            raise RuntimeError(f"derived events not acknowledged: {remaining} in flight, "
-                               f"failures: {failures[:3]}")
+            raise NotAcknowledged(f"derived events not acknowledged: {remaining} in flight, "
+                                  f"failures: {failures[:3]}")
+
+
+def read_ledger_range(settings: Settings, partition: int, start: int, end: int,
+                      timeout: float = 60.0) -> list[tuple[int, bytes]]:
+    """(offset, value) of the ledger partition's messages in [start, end), by assignment."""
+    consumer = Consumer(settings.kafka_conf(**{
+        "group.id": f"{settings.topics.processors_app}-catch-up-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+        "auto.offset.reset": "earliest"}))
+    try:
+        consumer.assign([TopicPartition(settings.topics.ledger, partition, start)])
+        out: list[tuple[int, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while (not out or out[-1][0] < end - 1) and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.5):
+                if msg.error() is None and start <= msg.offset() < end:
+                    out.append((msg.offset(), msg.value()))
+        if not out or out[-1][0] < end - 1:
+            raise RuntimeError(f"could not read ledger partition {partition} offsets "
+                               f"{start}..{end - 1} within {timeout:.0f}s")
+        return out
+    finally:
+        consumer.close()
 
 
 def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: int = 10000,
@@ -111,7 +160,7 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
     tune_gc_for_folds()
     bootstrap = ";".join(f"kafka://{b}" for b in settings.kafka_bootstrap.split(","))
     app = faust.App(
-        APP_ID,
+        settings.topics.processors_app,
         broker=bootstrap,
         broker_credentials=broker_credentials(settings),
         store="memory://",
@@ -143,40 +192,67 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
         key_type=bytes, value_type=bytes))
     restored: set[int] = set()
 
+    def dead_letter(msg_key, value, reason: str, partition: int, offset: int) -> None:
+        producer.send(settings.topics.deadletter, msg_key, value, headers=[
+            ("reason", reason.encode()), ("dead_lettered_by", settings.topics.processors_app.encode()),
+            ("source_topic", settings.topics.ledger.encode()),
+            ("source_partition", str(partition).encode()),
+            ("source_offset", str(offset).encode())])
+        log.warning("dead-lettered", partition=partition, offset=offset, reason=reason)
+
     @app.agent(ledger)
     async def fold_ledger(stream):
         async for events in stream.take_events(batch_size, within=batch_within):
             batch: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            ends: dict[int, int] = {}  # partition -> offset after its last message here
             for event in events:
                 msg = event.message
+                partition = msg.partition
+                if partition not in restored:
+                    await recover(partition, msg.offset)
+                if msg.offset < folds.get(partition).position:
+                    continue  # the state holds it already
+                ends[partition] = msg.offset + 1
                 try:
                     record, _ = codec.decode(msg.value)
                 except DecodeError as exc:
-                    producer.send(settings.topics.deadletter, msg.key, msg.value, headers=[
-                        ("reason", str(exc).encode()), ("dead_lettered_by", APP_ID.encode()),
-                        ("source_topic", msg.topic.encode()),
-                        ("source_partition", str(msg.partition).encode()),
-                        ("source_offset", str(msg.offset).encode())])
-                    log.warning("dead-lettered", partition=msg.partition, offset=msg.offset,
-                                reason=str(exc))
+                    dead_letter(msg.key, msg.value, str(exc), partition, msg.offset)
                     continue
-                if msg.partition not in restored:
-                    recover(msg.partition)
-                batch[msg.partition].append(record)
+                batch[partition].append(record)
+            if not ends:
+                continue
             derived = folds.fold_batch(batch)
-            await persist_and_send(derived, batch)  # acknowledged before the batch is acked
+            for partition, end in ends.items():
+                folds.get(partition).position = end
+            await send_and_persist(derived, ends)  # acknowledged before the batch is acked
             del derived
             settle_heap()
 
-    async def persist_and_send(derived: list[dict[str, Any]], partitions) -> None:
+    async def send_and_persist(derived: list[dict[str, Any]], partitions) -> None:
+        """Send ``derived`` until acknowledged (never giving up: the batch must not be acked
+        without them), then write the changed state of ``partitions`` to the table."""
+        topic_for = settings.topics.for_derived
+        encoded = [(topic_for(record["event_type"]),
+                    (record["customer_id"] or record["city"]).encode(), codec.encode(record))
+                   for record in derived]
+        attempt = 0
+        while True:
+            for topic, key, value in encoded:
+                producer.send(topic, key, value)
+            try:
+                await producer.settle()
+                break
+            except NotAcknowledged as exc:
+                attempt += 1
+                delay = backoff(attempt)
+                log.error("derived events not acknowledged; sending the batch again",
+                          attempt=attempt, retry_in_s=round(delay, 2), error=str(exc))
+                await asyncio.sleep(delay)
+                producer.reset()
+        if attempt:
+            log.info("derived events acknowledged after retries", attempts=attempt + 1)
         for key, value in folds.changed_state(partitions):
             state[key.encode()] = value
-        topic_for = settings.topics.for_derived
-        for record in derived:
-            producer.send(topic_for(record["event_type"]),
-                          (record["customer_id"] or record["city"]).encode(),
-                          codec.encode(record))
-        await producer.settle()
 
     async def advance_idle_clocks() -> None:
         """Live mode: an idle partition's clock follows wall time less the allowed lateness,
@@ -191,18 +267,38 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
                 derived += fold.drain_windows() + fold.drain_complaints()
                 moved.append(partition)
         if moved:
-            await persist_and_send(derived, moved)
+            await send_and_persist(derived, moved)
 
     if settings.live_clock:
         app.timer(interval=live_clock_interval)(advance_idle_clocks)
 
-    def recover(partition: int) -> None:
-        """Rebuild a newly assigned partition's fold from the (recovered) table."""
+    async def recover(partition: int, first_offset: int) -> None:
+        """Rebuild a newly assigned partition's fold from the (recovered) table; if that state
+        is behind the first offset this worker is given, fold the gap from the ledger again."""
         prefix = f"{partition}/".encode()
         entries = [(k.decode(), v) for k, v in state.data.items() if k.startswith(prefix) and v]
-        folds.restore(partition, entries)
+        fold = folds.restore(partition, entries)
         restored.add(partition)
-        log.info("partition state restored", partition=partition, keys=len(entries))
+        log.info("partition state restored", partition=partition, keys=len(entries),
+                 position=fold.position, first_offset=first_offset)
+        if fold.position is None:  # a state that does not say: trust the committed offset
+            fold.position = first_offset
+        if first_offset <= fold.position:
+            return
+        log.warning("state behind its input; folding the gap from the ledger again",
+                    partition=partition, start=fold.position, end=first_offset)
+        loop = asyncio.get_running_loop()
+        gap = await loop.run_in_executor(None, read_ledger_range, settings, partition,
+                                         fold.position, first_offset)
+        records = []
+        for offset, value in gap:
+            try:
+                records.append(codec.decode(value)[0])
+            except DecodeError:
+                pass  # dead-lettered when it was first seen
+        derived = folds.fold_batch({partition: records})
+        fold.position = first_offset
+        await send_and_persist(derived, [partition])
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:

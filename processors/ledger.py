@@ -70,7 +70,7 @@ class PartitionFold:
         self.clock = 0
         # The ledger offset after the last message folded here (the worker's bookkeeping:
         # a restored state knows which input it already holds; replay leaves it at 0).
-        self.position = 0
+        self.position: int | None = 0
         self.customers: dict[str, dict] = {}
         self.windows = WindowAggregator(self.rules, partition)
         self.ignored: Counter[str] = Counter()
@@ -368,7 +368,7 @@ class PartitionFold:
         if plain.get("format") != STATE_FORMAT:
             raise ValueError(f"partition state format {plain.get('format')!r} is not {STATE_FORMAT}")
         self.clock = max(self.clock, plain["clock"])
-        self.position = plain.get("position", 0)
+        self.position = plain.get("position")  # None: a state from before positions were kept
         self.windows.restore(plain["windows"])
         self.windows.clock = self.clock
         self._complaints_touched = {tuple(k) for k in plain.get("complaints_touched", ())}

@@ -50,6 +50,7 @@ def settings(broker, store_dir) -> Settings:
     base = load_settings(environ={})
     topics = Topics(
         ledger=f"t{suffix}.ledger", deadletter=f"t{suffix}.deadletter", partitions=3,
+        processors_app=f"t{suffix}-processors",
         derived={k: f"t{suffix}.{k}" for k in base.topics.derived},
     )
     settings = base.with_(kafka_bootstrap=broker, topics=topics, store=store_dir,

@@ -63,7 +63,7 @@ def test_the_worker_dead_letters_undecodable_input_and_goes_on(settings, tmp_pat
     dead = read_topic(settings, settings.topics.deadletter, 1)
     assert len(dead) == 1
     headers = {k: v.decode() for k, v in dead[0].headers()}
-    assert headers["dead_lettered_by"] == "cxledger-processors"
+    assert headers["dead_lettered_by"] == settings.topics.processors_app
     assert headers["reason"].startswith("schema id 14: Avro body does not decode")
     assert dead[0].value() == b"\x00\x00\x00\x00\x0e\xff"
     assert len(scored) == 1  # the valid event after it was still folded
