@@ -14,14 +14,24 @@ every event (acks=all). With ``settings.acks_wait_for_store`` (the single-machin
 broker keeps nothing across a restart: ``cxledger.stack.attach`` sets it) they return only once
 the ledger sink has also written every event to the store, which it shows by committing its
 Kafka offsets after each write.
+
+Two checks beyond the schema, both raising EventValidationError before anything is sent:
+- **size**: an encoded event larger than the producer's ``message.max.bytes`` (librdkafka's
+  default, ``MESSAGE_MAX_BYTES``) is refused naming the event and its largest field, instead
+  of failing later inside librdkafka (``MSG_SIZE_TOO_LARGE``, which would end a file ingest).
+- **event id conflict**: an event is immutable, so a second event with the event_id of an
+  earlier one and other content is refused (``field 'event_id': event_id conflict: ...``,
+  naming where the first came from). The same event again is a retry, and is sent again. The
+  producer remembers the ids of its last ``RECENT_EVENT_IDS`` events (about 20 MB at most);
+  across producers the ledger sink keeps the first version and dead-letters the other.
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
 from functools import partial
 from typing import Any, Callable, Iterable
-
-import time
 
 import structlog
 from confluent_kafka import (Consumer, KafkaError, KafkaException, Message, Producer,
@@ -71,6 +81,53 @@ class _Closed:
         raise RuntimeError("this LedgerProducer is closed; create a new one to publish")
 
 
+MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
+# What librdkafka adds to key + value + headers when it checks a message against
+# message.max.bytes (RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD is 36), rounded up.
+RECORD_OVERHEAD_BYTES = 64
+RECENT_EVENT_IDS = 100_000  # event ids a producer remembers to detect a reused id
+_DIGEST_BYTES = 8
+
+
+class RecentEventIds:
+    """The content of the last ``size`` events by event_id: (digest, where it came from).
+
+    A plain dict in insertion order; the oldest id is forgotten first. Each entry is the id
+    and one small bytes value (digest + where), about 200 bytes.
+    """
+
+    def __init__(self, size: int = RECENT_EVENT_IDS):
+        self.size = size
+        self._seen: dict[str, bytes] = {}
+
+    @staticmethod
+    def digest(value: bytes) -> bytes:
+        return hashlib.blake2b(value, digest_size=_DIGEST_BYTES).digest()
+
+    def conflict(self, event_id: str, digest: bytes) -> str | None:
+        """Where an earlier event with this id and other content came from, else None."""
+        seen = self._seen.get(event_id)
+        if seen is None or seen[:_DIGEST_BYTES] == digest:
+            return None
+        return seen[_DIGEST_BYTES:].decode("utf-8", "replace")
+
+    def remember(self, event_id: str, digest: bytes, where: str) -> None:
+        if event_id in self._seen:
+            return
+        self._seen[event_id] = digest + where.encode("utf-8", "replace")
+        if len(self._seen) > self.size:
+            del self._seen[next(iter(self._seen))]
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+def _largest_field(record: dict[str, Any]) -> tuple[str, int]:
+    sizes = [(len(v), k) for k, v in record.items() if isinstance(v, (str, bytes))]
+    size, name = max(sizes, default=(0, "?"))
+    return name, size
+
+
 PRODUCER_DEFAULTS = {
     "enable.idempotence": True,
     "acks": "all",
@@ -90,7 +147,10 @@ class LedgerProducer:
         self.topic = topic or settings.topics.ledger
         self.codec = codec or make_codec(settings)
         self.on_delivered = on_delivered
-        self._producer = Producer(settings.kafka_conf(**{**PRODUCER_DEFAULTS, **(producer_conf or {})}))
+        conf = settings.kafka_conf(**{**PRODUCER_DEFAULTS, **(producer_conf or {})})
+        self._producer = Producer(conf)
+        self.max_message_bytes = int(conf.get("message.max.bytes", MESSAGE_MAX_BYTES))
+        self.recent_ids = RecentEventIds()
         self._store_watch: Consumer | None = None  # reads the ledger sink's committed offsets
         self._failures: list[tuple[str, str]] = []
         self.sent = 0
@@ -113,31 +173,57 @@ class LedgerProducer:
             if self.on_delivered:
                 self.on_delivered(event_id)
 
-    def publish(self, event: dict[str, Any]) -> str:
+    def publish(self, event: dict[str, Any], *, source: str | None = None) -> str:
         """Validate and send one event (JSON form); returns its event_id.
 
-        Raises EventValidationError (nothing sent) or DeliveryError for earlier failures.
+        ``source`` says where the event came from (e.g. ``FILE:LINE``), for the error about a
+        later event that reuses its id. Raises EventValidationError (nothing sent) or
+        DeliveryError for earlier failures.
         """
         record = normalize_event(event)
-        self.publish_record(record)
+        self.publish_record(record, source=source)
         return record["event_id"]
 
-    def publish_record(self, record: dict[str, Any]) -> None:
-        """Send an already validated record-form event (no validation)."""
+    def publish_record(self, record: dict[str, Any], *, source: str | None = None) -> None:
+        """Send an already validated record-form event (no schema validation; the size and
+        event id checks of the module docstring apply)."""
         value = self.codec.encode(record)
-        headers = [("event_id", record["event_id"].encode())]
+        event_id = record["event_id"]
+        key = record["customer_id"].encode()
+        headers = [("event_id", event_id.encode())]
+        self._check_size(record, value, key, headers)
+        digest = self.recent_ids.digest(value)
+        earlier = self.recent_ids.conflict(event_id, digest)
+        if earlier is not None:
+            raise EventValidationError(
+                f"event_id conflict: {event_id} was already published with other content "
+                f"({earlier}); an event is immutable: give the new one its own event_id, or "
+                "send the first one unchanged", "event_id", record["event_type"], event_id)
         while True:
             try:
-                self._producer.produce(self.topic, value=value, key=record["customer_id"].encode(),
-                                       headers=headers,
-                                       on_delivery=partial(self._delivery, record["event_id"]))
+                self._producer.produce(self.topic, value=value, key=key, headers=headers,
+                                       on_delivery=partial(self._delivery, event_id))
                 break
             except BufferError:  # local queue full: let librdkafka drain it, then retry
                 self._producer.poll(0.05)
         self.sent += 1
+        self.recent_ids.remember(event_id, digest, source or f"event {self.sent} of this "
+                                                            "producer")
         if self.sent % 1000 == 0:
             self._producer.poll(0)
         self._raise_failures()
+
+    def _check_size(self, record: dict[str, Any], value: bytes, key: bytes,
+                    headers: list[tuple[str, bytes]]) -> None:
+        size = (len(value) + len(key) + RECORD_OVERHEAD_BYTES
+                + sum(len(k) + len(v) + 10 for k, v in headers))
+        if size > self.max_message_bytes:
+            name, chars = _largest_field(record)
+            raise EventValidationError(
+                f"the encoded event is {size:,} bytes, over the producer's limit of "
+                f"{self.max_message_bytes:,} (message.max.bytes); its largest field is "
+                f"'{name}' ({chars:,} characters): shorten it", None, record.get("event_type"),
+                record.get("event_id"))
 
     def publish_many(self, events: Iterable[dict[str, Any]]) -> list[EventValidationError]:
         """Publish every valid event; returns the validation errors of the others."""

@@ -2,12 +2,38 @@
 
 The checks are driven by the Avro schema of the event type (field names, types, enums,
 optional fields) plus the value rules of the domain contract the schema cannot express
-(ranges, formats, privacy). Errors name the field, so a channel can fix its payload.
+(ranges, formats, privacy, the bounds below). Errors name the field, so a channel can fix its
+payload, and quote at most ``MAX_QUOTED_CHARS`` of a bad value, so a hostile value cannot
+flood a terminal, a rejects file or an HTTP answer.
+
+Text rules (why: an event is immutable, so what enters the ledger stays; ids are join keys
+and dashboard labels; the Kafka message that carries the event has a size limit):
+
+- **ids and codes** (every string field not listed below; e.g. ``customer_id``, ``agent_id``,
+  ``complaint_id``, ``plan_code``): at most ``MAX_ID_CHARS`` (ids) or ``MAX_CODE_CHARS``
+  (codes, ``CODE_FIELDS``) characters; no control characters (C0, DEL, C1), no invisible
+  format characters (zero-width, bidi overrides, BOM), no line or paragraph separators, no
+  lone surrogates; no leading or trailing whitespace (``" c-1"`` would be another customer).
+- **free text** (``TEXT_FIELDS``: ``reason``): at most ``MAX_TEXT_CHARS`` characters; tab and
+  newline (LF) are the only control characters allowed (CR is not: use ``\\n``); format
+  characters are allowed (emoji sequences and right-to-left text need them); lone surrogates
+  are not (they cannot be encoded).
+- Quotes, semicolons, ``--`` and other SQL-looking text are ordinary data: every statement the
+  project runs binds values as parameters, so ``'; DROP TABLE ledger_events; --`` is stored
+  and read back byte for byte.
+
+Time rules: ``occurred_at`` is not before ``EARLIEST_OCCURRED_AT_MS`` (2000-01-01 UTC) and not
+more than ``MAX_AHEAD_MS`` (one day) ahead of the validating machine's clock: a later time is a
+wrong year, a wrong time zone or seconds taken for milliseconds, and the processors, whose
+clock is event time, would fire every deadline up to it at once.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import time
+import unicodedata
 import uuid
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -31,18 +57,34 @@ class EventValidationError(ValueError):
 
     def describe(self) -> str:
         """The error with the event it is about, e.g. for a log line or a rejects file."""
-        what = self.event_type or "event"
+        what = self.event_type if isinstance(self.event_type, str) else "event"
         if self.event_id:
-            what += f" {self.event_id}"
+            shown = self.event_id if _is_plain_id(self.event_id) else _show(self.event_id)
+            what += f" {shown}"
         return f"{what}: {self}"
 
 
-_MIN_MS = 946_684_800_000  # 2000-01-01
-_MAX_MS = 4_102_444_800_000  # 2100-01-01
-_PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
-_CITY = re.compile(r"^[a-z][a-z0-9_]*$")
+# -- bounds -------------------------------------------------------------------------------------
+EARLIEST_OCCURRED_AT_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: nothing in the ledger is older
+LATEST_PARSEABLE_MS = 4_102_444_800_000  # 2100-01-01: a larger number is not epoch milliseconds
+MAX_AHEAD_MS = 86_400_000  # occurred_at may be at most one day ahead of this machine's clock
+
+MAX_ID_CHARS = 128  # customer, agent, correlation, contact, complaint, survey, proposal ids
+MAX_CODE_CHARS = 64  # city, period and plan codes
+MAX_TEXT_CHARS = 2_000  # free text
+TEXT_FIELDS = frozenset({"reason"})
+CODE_FIELDS = frozenset({"city", "period", "plan_code", "from_plan", "to_plan"})
+MAX_QUOTED_CHARS = 60  # how much of a bad value an error message quotes
+
+_PERIOD = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+_CITY = re.compile(r"[a-z][a-z0-9_]*")
 # A mainland mobile number or an e-mail address is personal data, not a pseudonymous id.
 _PERSONAL = re.compile(r"^(\+?86)?1[3-9]\d{9}$|@")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL, C1
+_TEXT_FORBIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")  # all but TAB, LF
+_ID_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_CHAR_NAMES = {0x00: "NUL", 0x07: "BEL", 0x08: "BACKSPACE", 0x09: "TAB", 0x0A: "LF", 0x0D: "CR",
+               0x1B: "ESC", 0x7F: "DEL", 0x85: "NEL"}
 
 # Value rules the Avro types cannot carry: (low, high) inclusive.
 _RANGES: dict[str, tuple[float, float]] = {
@@ -59,10 +101,50 @@ _RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+# -- quoting bad values -------------------------------------------------------------------------
+
+def _show(value: Any) -> str:
+    """repr of a bad value for an error message, cut to MAX_QUOTED_CHARS."""
+    if isinstance(value, str) and len(value) > MAX_QUOTED_CHARS:
+        return f"{value[:MAX_QUOTED_CHARS]!r}... ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= MAX_QUOTED_CHARS else f"{text[:MAX_QUOTED_CHARS]}..."
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _field_label(name: str) -> str:
+    """A field name from the payload, safe to print: escaped and cut when it is odd."""
+    if _is_plain_id(name):
+        return name
+    cut = name[:MAX_QUOTED_CHARS]
+    return repr(cut)[1:-1] + ("..." if len(name) > len(cut) else "")
+
+
+def _is_plain_id(value: Any) -> bool:
+    return (isinstance(value, str) and len(value) <= MAX_ID_CHARS
+            and value.isprintable() and value == value.strip())
+
+
+def _char(ch: str) -> str:
+    """``U+0007 (BEL)``: a character named so that it can be found in the payload."""
+    code = ord(ch)
+    name = _CHAR_NAMES.get(code) or unicodedata.name(ch, "")
+    if 0xD800 <= code <= 0xDFFF:
+        name = "lone surrogate"
+    return f"U+{code:04X}" + (f" ({name})" if name else "")
+
+
+# -- times --------------------------------------------------------------------------------------
+
 def parse_occurred_at(value: Any) -> int:
     """ISO-8601 with an offset, or epoch milliseconds (int or digits) -> epoch milliseconds."""
     if isinstance(value, bool):
         raise ValueError("must be an ISO-8601 time with offset or epoch milliseconds")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a time, got {value!r}")
     if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
         ms = int(value)
     elif isinstance(value, str):
@@ -72,25 +154,91 @@ def parse_occurred_at(value: Any) -> int:
         try:
             parsed = datetime.fromisoformat(text)
         except ValueError:
-            raise ValueError(f"not an ISO-8601 time: {value!r}") from None
+            raise ValueError(f"not an ISO-8601 time: {_show(value)}") from None
         if parsed.tzinfo is None:
-            raise ValueError(f"{value!r} has no UTC offset; add one, e.g. +08:00 or Z")
+            raise ValueError(f"{_show(value)} has no UTC offset; add one, e.g. +08:00 or Z")
         ms = int(parsed.timestamp() * 1000)
     else:
         raise ValueError("must be an ISO-8601 time with offset or epoch milliseconds")
-    if not _MIN_MS <= ms < _MAX_MS:
-        raise ValueError(f"{value!r} is not a time between 2000 and 2100 (epoch milliseconds?)")
+    if not EARLIEST_OCCURRED_AT_MS <= ms < LATEST_PARSEABLE_MS:
+        raise ValueError(f"{_show(value)} is not a time between 2000 and 2100 (epoch "
+                         "milliseconds?)")
     return ms
 
 
+def _check_not_ahead(ms: int, now_ms: int) -> None:
+    if ms > now_ms + MAX_AHEAD_MS:
+        hours = (ms - now_ms) / 3_600_000
+        raise ValueError(f"is {hours:,.1f} hours ahead of this machine's clock; at most "
+                         f"{MAX_AHEAD_MS // 3_600_000} hours ahead is accepted (a wrong year "
+                         "or time zone?)")
+
+
+# -- converters ---------------------------------------------------------------------------------
+
 def _to_str(value: Any) -> str:
     if not isinstance(value, str):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, float) and math.isfinite(value):
             return str(value)
         raise ValueError(f"must be a string, got {type(value).__name__}")
     if not value.strip():
         raise ValueError("must not be empty")
     return value
+
+
+def _check_id(text: str, limit: int) -> str:
+    """An id or code: bounded, printable, no surrounding whitespace."""
+    if len(text) > limit:
+        raise ValueError(f"at most {limit} characters, got {len(text)}")
+    # Fast path: isprintable() is false for every forbidden category (and for the space
+    # separators other than ' ', which are allowed: the slow path decides).
+    if text.isprintable():
+        if text[0] == " " or text[-1] == " ":
+            raise ValueError(f"must not start or end with whitespace, got {_show(text)}")
+        return text
+    bad = _CONTROL.search(text)
+    at = bad.start() if bad else None
+    if at is None:
+        at = next((i for i, ch in enumerate(text)
+                   if unicodedata.category(ch) in _ID_FORBIDDEN_CATEGORIES), None)
+    if at is not None:
+        raise ValueError(f"contains {_char(text[at])} at position {at + 1}; ids and codes take "
+                         "printable characters only")
+    if text != text.strip():
+        raise ValueError(f"must not start or end with whitespace, got {_show(text)}")
+    return text
+
+
+def _check_text(text: str, limit: int) -> str:
+    """Free text: bounded; tab and newline are its only control characters."""
+    if len(text) > limit:
+        raise ValueError(f"at most {limit} characters, got {len(text)}")
+    bad = _TEXT_FORBIDDEN.search(text)
+    if bad:
+        raise ValueError(f"contains {_char(bad.group())} at position {bad.start() + 1}; free "
+                         "text takes tab and newline (\\n) but no other control character")
+    return text
+
+
+def string_limit(name: str) -> int:
+    """The most characters string field ``name`` may hold."""
+    if name in TEXT_FIELDS:
+        return MAX_TEXT_CHARS
+    return MAX_CODE_CHARS if name in CODE_FIELDS else MAX_ID_CHARS
+
+
+def _string(name: str) -> Callable[[Any], str]:
+    limit = string_limit(name)
+    check = _check_text if name in TEXT_FIELDS else _check_id
+
+    def convert(value: Any) -> str:
+        if type(value) is not str or not value or value.isspace():
+            value = _to_str(value)  # a number as text, or the error
+        return check(value, limit)
+
+    return convert
 
 
 def _to_int(value: Any) -> int:
@@ -100,22 +248,26 @@ def _to_int(value: Any) -> int:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+    if isinstance(value, str) and len(value) <= 32 and re.fullmatch(r"\s*-?\d+\s*", value):
         return int(value)
-    raise ValueError(f"must be an integer, got {value!r}")
+    raise ValueError(f"must be an integer, got {_show(value)}")
 
 
 def _to_float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("must be a number, got a boolean")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise ValueError(f"must be a number, got {value!r}")
+    try:
+        if isinstance(value, (int, float)):
+            number = float(value)
+        elif isinstance(value, str) and len(value) <= 64:
+            number = float(value)
+        else:
+            number = None
+    except (ValueError, OverflowError):
+        number = None
+    if number is None or not math.isfinite(number):
+        raise ValueError(f"must be a number, got {_show(value)}")
+    return number
 
 
 def _to_bool(value: Any) -> bool:
@@ -127,46 +279,70 @@ def _to_bool(value: Any) -> bool:
         return False
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise ValueError(f"must be true or false, got {value!r}")
+    raise ValueError(f"must be true or false, got {_show(value)}")
+
+
+MONEY_MAX_INTEGER_DIGITS = 12  # decimal(14,2)
 
 
 def _to_money(value: Any) -> Decimal:
+    example = "must be a decimal amount such as \"1200.00\""
     if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
-        raise ValueError(f"must be a decimal amount such as \"1200.00\", got {value!r}")
+        raise ValueError(f"{example}, got {_show(value)}")
+    if isinstance(value, str) and len(value) > 64:
+        raise ValueError(f"{example}, got {_show(value)}")
     try:
         amount = Decimal(str(value).strip())
     except InvalidOperation:
-        raise ValueError(f"must be a decimal amount such as \"1200.00\", got {value!r}") from None
+        raise ValueError(f"{example}, got {_show(value)}") from None
     if not amount.is_finite() or amount < 0:
-        raise ValueError(f"must be a non-negative amount, got {value!r}")
+        raise ValueError(f"must be a non-negative amount, got {_show(value)}")
+    if amount >= Decimal(10) ** MONEY_MAX_INTEGER_DIGITS:
+        raise ValueError(f"must be below 10^{MONEY_MAX_INTEGER_DIGITS} (decimal(14,2)), got "
+                         f"{_show(value)}")
     if amount != amount.quantize(Decimal("0.01")):
-        raise ValueError(f"has more than 2 decimal places: {value!r}")
+        raise ValueError(f"has more than 2 decimal places: {_show(value)}")
     return amount.quantize(Decimal("0.01"))
 
 
 def _to_uuid(value: Any) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise ValueError(f"must be a UUID, got {value!r}") from None
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, str) and len(value) <= MAX_ID_CHARS:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            pass
+    raise ValueError(f"must be a UUID, got {_show(value)}")
 
 
 def _enum(symbols: tuple[str, ...]) -> Callable[[Any], str]:
     allowed = tuple(s for s in symbols if s != "unknown")
 
     def convert(value: Any) -> str:
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}; got {value!r}")
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}; got {_show(value)}")
         return value
 
     return convert
 
 
-def _converter(avro_type: Any) -> tuple[Callable[[Any], Any], bool]:
-    """(converter, nullable) for an Avro field type of our schemas."""
+def _strings(name: str) -> Callable[[Any], list[str]]:
+    element = _string(name)
+
+    def convert(value: Any) -> list[str]:
+        if not isinstance(value, list):
+            raise ValueError(f"must be a list of strings, got {type(value).__name__}")
+        return [element(x) for x in value]
+
+    return convert
+
+
+def _converter(avro_type: Any, name: str) -> tuple[Callable[[Any], Any], bool]:
+    """(converter, nullable) for the Avro type of field ``name`` of our schemas."""
     if isinstance(avro_type, list):
         inner = [t for t in avro_type if t != "null"]
-        return _converter(inner[0])[0], "null" in avro_type
+        return _converter(inner[0], name)[0], "null" in avro_type
     if isinstance(avro_type, dict):
         logical = avro_type.get("logicalType")
         if logical == "timestamp-millis":
@@ -178,10 +354,12 @@ def _converter(avro_type: Any) -> tuple[Callable[[Any], Any], bool]:
         if avro_type["type"] == "enum":
             return _enum(tuple(avro_type["symbols"])), False
         if avro_type["type"] == "array":
-            return (lambda v: [_to_str(x) for x in v]), False
-        return _converter(avro_type["type"])
+            return _strings(name), False
+        return _converter(avro_type["type"], name)
+    if avro_type == "string":
+        return _string(name), False
     return {
-        "string": _to_str, "int": _to_int, "long": _to_int, "double": _to_float,
+        "int": _to_int, "long": _to_int, "double": _to_float,
         "float": _to_float, "boolean": _to_bool,
     }[avro_type], False
 
@@ -198,16 +376,18 @@ def _plan(event_type: str, catalogue: Catalogue) -> tuple[tuple[str, Callable, b
             named[t["name"]] = t
         if isinstance(t, str) and t in named:
             t = named[t]
-        convert, nullable = _converter(t)
+        convert, nullable = _converter(t, f["name"])
         plan.append((f["name"], convert, nullable, "default" in f, f.get("default")))
     return tuple(plan)
 
 
 def normalize_event(event: dict[str, Any], *, catalogue: Catalogue | None = None,
-                    allow_derived: bool = False) -> dict[str, Any]:
+                    allow_derived: bool = False, now_ms: int | None = None) -> dict[str, Any]:
     """Validate an event in JSON form and return its record form (a new dict).
 
     Fills ``event_id`` when absent. Raises EventValidationError naming the field.
+    ``now_ms`` is the clock ``occurred_at`` may be at most MAX_AHEAD_MS ahead of (default:
+    this machine's).
     """
     if not isinstance(event, dict):
         raise EventValidationError(f"an event must be a JSON object, got {type(event).__name__}")
@@ -216,18 +396,19 @@ def normalize_event(event: dict[str, Any], *, catalogue: Catalogue | None = None
     event_id = event.get("event_id")
     if not event_type:
         raise EventValidationError("missing", "event_type", event_id=event_id)
-    if event_type not in catalogue.versions:
+    if not isinstance(event_type, str) or event_type not in catalogue.versions:
         known = ", ".join(catalogue.interaction_types)
-        raise EventValidationError(f"unknown event_type {event_type!r}; expected one of: {known}",
-                                   "event_type", event_type=None, event_id=event_id)
+        raise EventValidationError(f"unknown event_type {_show(event_type)}; expected one of: "
+                                   f"{known}", "event_type", event_type=None, event_id=event_id)
     if event_type in DERIVED_TYPES and not allow_derived:
         raise EventValidationError(f"{event_type} is derived by the processors; channels cannot "
                                    "publish it", "event_type", event_type, event_id)
     plan = _plan(event_type, catalogue)
     names = {p[0] for p in plan}
-    unknown = sorted(k for k in event if k not in names)
+    unknown = sorted(str(k) for k in event if k not in names)
     if unknown:
-        raise EventValidationError(f"not a field of {event_type} (misspelt?)", unknown[0],
+        raise EventValidationError(f"not a field of {event_type} (misspelt?)",
+                                   _field_label(unknown[0]),
                                    event_type, event_id)
     record: dict[str, Any] = {}
     for name, convert, nullable, has_default, default in plan:
@@ -249,21 +430,27 @@ def normalize_event(event: dict[str, Any], *, catalogue: Catalogue | None = None
             raise EventValidationError(str(exc), name, event_type, event_id) from None
         bounds = _RANGES.get(name)
         if bounds and not bounds[0] <= converted <= bounds[1]:
-            raise EventValidationError(f"must be between {bounds[0]:g} and {bounds[1]:g}, got "
-                                       f"{value!r}", name, event_type, event_id)
+            raise EventValidationError(f"must be between {_number(bounds[0])} and "
+                                       f"{_number(bounds[1])}, got {_show(value)}", name,
+                                       event_type, event_id)
         record[name] = converted
-    _check_values(record, event_type, event_id)
+    _check_values(record, event_type, event_id,
+                  int(time.time() * 1000) if now_ms is None else now_ms)
     return record
 
 
-def _check_values(record: dict[str, Any], event_type: str, event_id: Any) -> None:
+def _check_values(record: dict[str, Any], event_type: str, event_id: Any, now_ms: int) -> None:
+    try:
+        _check_not_ahead(record["occurred_at"], now_ms)
+    except ValueError as exc:
+        raise EventValidationError(str(exc), "occurred_at", event_type, event_id) from None
     if _PERSONAL.search(record["customer_id"]):
         raise EventValidationError("looks like a phone number or e-mail address; publish the "
                                    "pseudonymous customer id instead", "customer_id",
                                    event_type, event_id)
-    if not _CITY.match(record["city"]):
+    if not _CITY.fullmatch(record["city"]):
         raise EventValidationError(f"must be a lower-case city code such as 'beijing', got "
-                                   f"{record['city']!r}", "city", event_type, event_id)
-    if "period" in record and not _PERIOD.match(record["period"]):
-        raise EventValidationError(f"must be YYYY-MM, got {record['period']!r}", "period",
+                                   f"{_show(record['city'])}", "city", event_type, event_id)
+    if "period" in record and not _PERIOD.fullmatch(record["period"]):
+        raise EventValidationError(f"must be YYYY-MM, got {_show(record['period'])}", "period",
                                    event_type, event_id)

@@ -67,3 +67,146 @@ def test_unknown_file_type(tmp_path):
     path.write_text("<events/>")
     with pytest.raises(IngestError, match="unknown file type"):
         list(read_events(path))
+
+
+# -- hostile files: every line on its own ------------------------------------------------------
+
+PLAN_HEADER = b"occurred_at,customer_id,channel,city,from_plan,to_plan,direction\n"
+
+
+def plan_row(to: bytes = b"5g-299", tail: bytes = b"upgrade") -> bytes:
+    return b"2025-03-04T09:00:00+08:00,c-1,app,wuhan,5g-199," + to + b"," + tail + b"\n"
+
+
+def outcomes(path, **kw):
+    return [(n, e is not None, err) for n, e, err in read_events(path, **kw)]
+
+
+def test_a_line_that_is_not_utf8_is_rejected_alone(tmp_path):
+    path = tmp_path / "events.jsonl"
+    good = json.dumps(contact()).encode()
+    path.write_bytes(good + b"\n" + b'{"reason": "caf\xe9"}\n' + good + b"\n")
+    assert outcomes(path) == [
+        (1, True, None),
+        (2, False, "not valid UTF-8 (byte 0xe9 at column 16): save the file as UTF-8"),
+        (3, True, None)]
+
+
+def test_the_column_of_a_bad_byte_counts_characters(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes('{"reason": "网络'.encode() + b"\xff" + b'"}\n')
+    [(_, _, error)] = outcomes(path)
+    assert error.startswith("not valid UTF-8 (byte 0xff at column 15)")
+
+
+def test_a_csv_row_that_is_not_utf8_is_rejected_alone(tmp_path):
+    path = tmp_path / "plan.changed.csv"
+    path.write_bytes(PLAN_HEADER + plan_row() + plan_row(to="我的套餐".encode("gbk")) + plan_row())
+    assert outcomes(path) == [
+        (2, True, None),
+        (3, False, "not valid UTF-8 (byte 0xce at column 48): save the file as UTF-8"),
+        (4, True, None)]
+
+
+def test_a_csv_header_that_is_not_utf8_refuses_the_file(tmp_path):
+    path = tmp_path / "plan.changed.csv"
+    path.write_bytes(b"occurred_at,cust\xffomer_id\n" + plan_row())
+    with pytest.raises(IngestError, match="plan.changed.csv:1: the header cannot be read: not "
+                                          "valid UTF-8"):
+        list(read_events(path))
+
+
+def test_a_utf16_file_is_named_as_such(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(json.dumps(contact()).encode("utf-16"))
+    [(number, ok, error)] = outcomes(path)
+    assert (number, ok) == (1, False)
+    assert error.endswith("the file looks UTF-16: save it as UTF-8")
+
+
+def test_a_byte_order_mark_is_skipped(tmp_path):
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + json.dumps(contact()).encode() + b"\r\n")
+    assert outcomes(jsonl) == [(1, True, None)]
+    csv_file = tmp_path / "plan.changed.csv"
+    csv_file.write_bytes(b"\xef\xbb\xbf" + (PLAN_HEADER + plan_row()).replace(b"\n", b"\r\n"))
+    [(number, event, error)] = list(read_events(csv_file))
+    assert (number, error) == (2, None)
+    assert normalize_event(event)["direction"] == "upgrade"
+
+
+def test_json_objects_with_a_repeated_key_or_too_deep(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"city": "wuhan", "city": "beijing"}\n' + b"[" * 100_000 + b"]" * 100_000
+                     + b"\n" + b'"just a string"\n')
+    assert outcomes(path) == [
+        (1, False, "key 'city' appears twice in the object; which one is meant?"),
+        (2, False, "not valid JSON here: nested too deeply"),
+        (3, False, "a line must hold one JSON object")]
+
+
+def test_an_over_long_line_is_not_read(tmp_path, monkeypatch):
+    import producers.ingest as ingest
+
+    monkeypatch.setattr(ingest, "MAX_LINE_BYTES", 1_000)
+    path = tmp_path / "events.jsonl"
+    good = json.dumps(contact()).encode()
+    path.write_bytes(good + b"\n" + b"x" * 5_000 + b"\n" + good + b"\n")
+    assert outcomes(path) == [
+        (1, True, None),
+        (2, False, "line longer than 1,000 bytes, not read; an event is a few kilobytes at most"),
+        (3, True, None)]
+
+
+def test_a_csv_cell_beyond_csvs_own_field_limit_reaches_validation(tmp_path):
+    path = tmp_path / "plan.changed.csv"
+    path.write_bytes(PLAN_HEADER + plan_row(to=b"y" * 200_000) + plan_row())
+    rows = list(read_events(path))
+    assert [n for n, _, _ in rows] == [2, 3]
+    with pytest.raises(EventValidationError, match="at most 64 characters, got 200000"):
+        normalize_event(rows[0][1])
+
+
+def test_a_csv_row_with_too_few_values(tmp_path):
+    path = tmp_path / "plan.changed.csv"
+    path.write_bytes(PLAN_HEADER + b"2025-03-04T09:00:00+08:00,c-1,app,wuhan,5g-199,5g-299\n")
+    assert outcomes(path) == [
+        (2, False, "1 fewer values than header columns (6 values, 7 columns)")]
+
+
+def test_an_unclosed_quote_names_the_lines_of_its_row(tmp_path):
+    path = tmp_path / "plan.changed.csv"
+    path.write_bytes(PLAN_HEADER + plan_row(to=b'"5g-299', tail=b"upgrade") + plan_row())
+    [(number, ok, error)] = outcomes(path)
+    assert (number, ok) == (2, False)
+    assert error.endswith("; the row runs from line 2 to line 3: a quote left open?")
+
+
+def test_a_csv_header_naming_a_column_twice(tmp_path):
+    path = tmp_path / "plan.changed.csv"
+    path.write_bytes(PLAN_HEADER.replace(b"direction", b"to_plan") + plan_row())
+    assert outcomes(path) == [
+        (2, False, "the header (line 1) names column 'to_plan' twice; which one is meant?")]
+
+
+def test_a_csv_with_an_unknown_column_is_rejected_row_by_row_naming_it(tmp_path):
+    path = tmp_path / "plan.changed.csv"
+    path.write_bytes(PLAN_HEADER.replace(b"\n", b",colour\n") + plan_row(tail=b"upgrade,blue"))
+    [(number, event, error)] = list(read_events(path))
+    assert (number, error) == (2, None)
+    with pytest.raises(EventValidationError) as info:
+        normalize_event(event)
+    assert info.value.field == "colour"
+
+
+def test_empty_files(tmp_path):
+    for name in ("events.jsonl", "plan.changed.csv"):
+        path = tmp_path / name
+        path.write_bytes(b"")
+        assert list(read_events(path)) == []
+
+
+def test_a_csv_row_spanning_lines_is_numbered_by_its_first_line(tmp_path):
+    path = tmp_path / "plan.changed.csv"
+    path.write_bytes(PLAN_HEADER + plan_row(to=b'"5g\n299"') + plan_row())
+    assert [(n, ok) for n, ok, _ in outcomes(path)] == [(2, True), (4, True)]
