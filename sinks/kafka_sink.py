@@ -2,12 +2,22 @@
 
 Order per batch (the only place that owns it):
   1. poll until ``batch_rows`` messages or ``batch_seconds`` elapsed;
-  2. decode each message; undecodable ones go to the dead-letter topic and table with the reason;
-  3. insert the rows, table by table, with a deduplication token per (topic, partition, offsets)
-     so a retried identical batch is dropped by ClickHouse;
-  4. commit the Kafka offsets only after ClickHouse accepted the batch.
-A crash between 3 and 4 redelivers the batch: tables are ReplacingMergeTree keyed by event_id,
-so what users query (FINAL / the dedup views) never shows an event twice.
+  2. decode each message; undecodable ones become dead letters with the reason;
+  3. screen the rows (the ledger sink keeps the first version of an event id: a later one with
+     other content becomes a dead letter, an identical one is dropped);
+  4. insert the rows, table by table, with a deduplication token per (topic, partition,
+     positions), then the dead letters into ``deadletter_events``; then send the dead letters
+     to the dead-letter topic;
+  5. commit the Kafka offsets only after ClickHouse accepted all of it.
+
+Faults: a store that refuses or times out (a transient fault) gets the same batch again, with
+bounded exponential backoff and jitter, for as long as it takes; the consumer is paused
+meanwhile (it stays in its group and fetches nothing), nothing is committed, and the fault shows
+in the log and in ``stats.fault`` until the store takes the batch. Rows a table refuses for a
+data reason (a value it cannot hold) are split off by halving the insert until each refused row
+stands alone; those become dead letters and the rest is written. A crash between 4 and 5
+redelivers the batch: tables are ReplacingMergeTree keyed by event_id, so what users query
+(FINAL / the dedup views) never shows an event twice.
 
 Positions: a row records where its message sits in its partition of the ledger as
 ``offset_base[(topic, partition)] + Kafka offset``. On Kafka the base is 0. The single-machine
@@ -18,6 +28,8 @@ restarts (replay reads the ledger back in position order).
 
 from __future__ import annotations
 
+import random
+import struct
 import threading
 import time
 from collections import defaultdict
@@ -26,7 +38,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import structlog
 from clickhouse_connect.driver.client import Client
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from clickhouse_connect.driver.exceptions import DatabaseError
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from cxledger.config import Settings
 from schemas.codec import DecodeError, WireCodec
@@ -40,11 +53,49 @@ Rows = dict[tuple[str, tuple[str, ...]], list[list[Any]]]
 RowMapper = Callable[[dict[str, Any], int, int, int],
                      Iterable[tuple[str, tuple[str, ...], list[Any]]]]
 
+# Screens a table's rows before they are inserted: (client, table, columns, rows) ->
+# (indexes of the rows to insert, [(index, reason)] of the rows to dead-letter)
+Screen = Callable[[Client, str, tuple[str, ...], list[list[Any]]],
+                  tuple[list[int], list[tuple[int, str]]]]
+
 # A message with this header is a position marker (see cxledger.pipeline), not data.
 FENCE_HEADER = "cxledger-fence"
 
 DEADLETTER_COLUMNS = ("source_topic", "source_partition", "source_offset", "reason", "key",
                       "value_hex")
+
+RETRY_FIRST_S = 0.5   # a batch the store refused is tried again after this, doubling each time,
+RETRY_MAX_S = 30.0    # up to this, with jitter
+
+# ClickHouse errors that are about the data, not the store: the same rows will always fail.
+DATA_ERRORS = frozenset({
+    "CANNOT_PARSE_TEXT", "CANNOT_PARSE_ESCAPE_SEQUENCE", "CANNOT_PARSE_QUOTED_STRING",
+    "CANNOT_PARSE_DATE", "CANNOT_PARSE_DATETIME", "CANNOT_PARSE_NUMBER", "CANNOT_PARSE_UUID",
+    "CANNOT_PARSE_INPUT_ASSERTION_FAILED", "CANNOT_PARSE_DOMAIN_VALUE_FROM_STRING",
+    "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN", "CANNOT_CONVERT_TYPE", "TYPE_MISMATCH",
+    "INCORRECT_DATA", "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE", "ARGUMENT_OUT_OF_BOUND",
+    "DECIMAL_OVERFLOW", "TOO_LARGE_STRING_SIZE", "ILLEGAL_COLUMN", "BAD_ARGUMENTS",
+})
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when ``exc`` says the rows themselves cannot be stored (client-side conversion
+    of a value to its column type, or a ClickHouse error about the data)."""
+    if isinstance(exc, (ValueError, TypeError, OverflowError, struct.error, UnicodeError)):
+        return True
+    if isinstance(exc, DatabaseError):
+        name = getattr(exc, "name", None) or ""
+        if not name:
+            for known in DATA_ERRORS:
+                if f"({known})" in str(exc):
+                    name = known
+        return name in DATA_ERRORS
+    return False
+
+
+def backoff(attempt: int, first: float = RETRY_FIRST_S, cap: float = RETRY_MAX_S) -> float:
+    """Bounded exponential backoff with full jitter: attempt 1 waits up to ``first``."""
+    return random.uniform(0, min(cap, first * 2 ** (attempt - 1)))
 
 
 def consumer_conf(settings: Settings, group_id: str, **extra: Any) -> dict[str, Any]:
@@ -72,6 +123,20 @@ class SinkStats:
     batches: int = 0
     last_write: float | None = None  # wall time of the last batch written
     positions: dict[tuple[str, int], int] = field(default_factory=dict)  # next Kafka offset
+    retries: int = 0  # batches tried again after a store fault, since start
+    fault: str | None = None  # the store fault being retried now, if any
+    fault_since: float | None = None
+
+
+@dataclass
+class _Pending:
+    """One batch on its way to the store: rows per table, each with its source message."""
+    rows: dict[tuple[str, tuple[str, ...]], list[list[Any]]]
+    sources: dict[tuple[str, tuple[str, ...]], list[tuple[Message, int]]]
+    dead: list[tuple[Message, int, str]]
+    offsets: dict[tuple[str, int], tuple[int, int]]
+    token: str
+    done: set = field(default_factory=set)  # tables already written
 
 
 def _is_fence(msg: Message) -> bool:
@@ -83,7 +148,8 @@ class ClickHouseSink:
                  mapper: RowMapper, codec: WireCodec | None = None,
                  batch_rows: int | None = None, batch_seconds: float | None = None,
                  consumer_extra: dict[str, Any] | None = None,
-                 offset_base: Mapping[tuple[str, int], int] | None = None):
+                 offset_base: Mapping[tuple[str, int], int] | None = None,
+                 screen: Screen | None = None):
         self.settings = settings
         self.client = client
         self.topics = topics
@@ -96,7 +162,9 @@ class ClickHouseSink:
         self.deadletter = Producer(settings.kafka_conf(**{"enable.idempotence": True,
                                                          "linger.ms": 5}))
         self.offset_base = dict(offset_base or {})
+        self.screen = screen
         self.stats = SinkStats()
+        self._stop = threading.Event()  # set by ``run``'s caller: give up retrying, commit nothing
         self._subscribed = False
 
     def poll_batch(self) -> list[Message]:
@@ -119,11 +187,30 @@ class ClickHouseSink:
         return batch
 
     def write(self, batch: list[Message]) -> None:
-        """Decode, insert, dead-letter and commit one batch (steps 2-4 above)."""
+        """Decode, screen, store (retrying store faults), dead-letter and commit one batch
+        (steps 2-5 above). Returns without committing only when asked to stop mid-fault."""
         if not batch:
             return
-        rows: Rows = defaultdict(list)
-        dead: list[list[Any]] = []
+        pending = self._prepare(batch)
+        if not self._store(pending):
+            return  # stopping during a store fault: nothing committed, Kafka redelivers it
+        self._send_dead_letters(pending.dead)
+        offsets = pending.offsets
+        self._commit([TopicPartition(t, p, hi + 1) for (t, p), (_, hi) in offsets.items()])
+        self.stats.consumed += len(batch)
+        self.stats.written += sum(len(r) for r in pending.rows.values())
+        self.stats.deadlettered += len(pending.dead)
+        self.stats.batches += 1
+        self.stats.last_write = time.time()
+        for (t, p), (_, hi) in offsets.items():
+            self.stats.positions[(t, p)] = hi + 1
+        log.debug("batch written", sink=self.name, messages=len(batch),
+                  deadlettered=len(pending.dead))
+
+    def _prepare(self, batch: list[Message]) -> _Pending:
+        rows: dict = defaultdict(list)
+        sources: dict = defaultdict(list)
+        dead: list[tuple[Message, int, str]] = []
         offsets: dict[tuple[str, int], tuple[int, int]] = {}
         base = self.offset_base
         for msg in batch:
@@ -136,53 +223,144 @@ class ClickHouseSink:
             try:
                 record, schema_id = self.codec.decode(msg.value())
             except DecodeError as exc:
-                dead.append(self._deadletter(msg, str(exc), position))
+                dead.append((msg, position, str(exc)))
                 continue
             for table, columns, row in self.mapper(record, schema_id, msg.partition(), position):
                 rows[(table, columns)].append(row)
+                sources[(table, columns)].append((msg, position))
         # Positions, not offsets: on the local broker offsets start again at 0 after a restart,
         # and a token seen before would make ClickHouse drop a new batch as a duplicate.
         token = ",".join(f"{t}:{p}:{lo + base.get((t, p), 0)}-{hi + base.get((t, p), 0)}"
                          for (t, p), (lo, hi) in sorted(offsets.items()))
-        for (table, columns), table_rows in rows.items():
-            self.client.insert(table, table_rows, column_names=list(columns),
-                               settings={"insert_deduplication_token": f"{self.name}/{table}/{token}"})
+        return _Pending(rows, sources, dead, offsets, token)
+
+    def _store(self, pending: _Pending) -> bool:
+        """Write the batch's rows and dead letters, retrying store faults; False if asked to
+        stop before the store took it."""
+        attempt = 0
+        while True:
+            try:
+                self._write_tables(pending)
+                if pending.dead:
+                    self.client.insert("deadletter_events",
+                                       [self._deadletter_row(m, pos, why)
+                                        for m, pos, why in pending.dead],
+                                       column_names=list(DEADLETTER_COLUMNS))
+                break
+            except Exception as exc:
+                attempt += 1
+                delay = backoff(attempt)
+                now = time.time()
+                if self.stats.fault is None:
+                    self.stats.fault_since = now
+                self.stats.fault = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+                self.stats.retries += 1
+                log.error("the store refused the batch; trying it again", sink=self.name,
+                          attempt=attempt, retry_in_s=round(delay, 2), error=self.stats.fault,
+                          failing_for_s=round(now - self.stats.fault_since, 1))
+                if not self._wait_paused(delay):
+                    return False
+        if self.stats.fault is not None:
+            log.info("the store took the batch again", sink=self.name, attempts=attempt + 1,
+                     failed_for_s=round(time.time() - self.stats.fault_since, 1))
+            self.stats.fault = self.stats.fault_since = None
+        return True
+
+    def _wait_paused(self, seconds: float) -> bool:
+        """Wait while the consumer stays in its group and fetches nothing; False if stopped."""
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                if self._stop.is_set():
+                    return False
+                self.consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
+            return not self._stop.is_set()
+        finally:
+            if assignment:
+                self.consumer.resume(assignment)
+
+    def _write_tables(self, pending: _Pending) -> None:
+        for key in list(pending.rows):
+            if key in pending.done:
+                continue
+            table, columns = key
+            rows, sources = pending.rows[key], pending.sources[key]
+            if self.screen is not None:
+                kept, refused = self.screen(self.client, table, columns, rows)
+                pending.dead += [(*sources[i], why) for i, why in refused]
+                if len(kept) < len(rows):
+                    rows = [rows[i] for i in kept]
+                    sources = [sources[i] for i in kept]
+                    pending.rows[key], pending.sources[key] = rows, sources
+            token = f"{self.name}/{table}/{pending.token}"
+            pending.dead += self._insert_isolating(table, columns, rows, sources, token)
+            pending.done.add(key)
+
+    def _insert_isolating(self, table: str, columns: tuple[str, ...], rows: list[list[Any]],
+                          sources: list[tuple[Message, int]],
+                          token: str) -> list[tuple[Message, int, str]]:
+        """Insert ``rows``; if the table refuses them for a data reason, halve until each
+        refused row stands alone. Returns the refused rows as dead letters."""
+        if not rows:
+            return []
+        try:
+            self.client.insert(table, rows, column_names=list(columns),
+                               settings={"insert_deduplication_token": token})
+            return []
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            if len(rows) == 1:
+                reason = f"refused by {table}: {str(exc).strip()[:500]}"
+                log.warning("row refused by the store", sink=self.name, table=table,
+                            reason=reason)
+                return [(*sources[0], reason)]
+        mid = len(rows) // 2
+        return (self._insert_isolating(table, columns, rows[:mid], sources[:mid], token + "/a")
+                + self._insert_isolating(table, columns, rows[mid:], sources[mid:], token + "/b"))
+
+    def _send_dead_letters(self, dead: list[tuple[Message, int, str]]) -> None:
+        for msg, position, reason in dead:
+            self.deadletter.produce(
+                self.settings.topics.deadletter, value=msg.value() or b"", key=msg.key(),
+                headers=[("reason", reason.encode()), ("dead_lettered_by", self.name.encode()),
+                         ("source_topic", msg.topic().encode()),
+                         ("source_partition", str(msg.partition()).encode()),
+                         ("source_offset", str(position).encode())])
+            log.warning("dead-lettered", sink=self.name, topic=msg.topic(),
+                        partition=msg.partition(), offset=msg.offset(), reason=reason)
         if dead:
-            self.client.insert("deadletter_events", dead, column_names=list(DEADLETTER_COLUMNS))
             self.deadletter.flush(30)
-        self._commit([TopicPartition(t, p, hi + 1) for (t, p), (_, hi) in offsets.items()])
-        self.stats.consumed += len(batch)
-        self.stats.written += sum(len(r) for r in rows.values())
-        self.stats.deadlettered += len(dead)
-        self.stats.batches += 1
-        self.stats.last_write = time.time()
-        for (t, p), (_, hi) in offsets.items():
-            self.stats.positions[(t, p)] = hi + 1
-        log.debug("batch written", sink=self.name, messages=len(batch), deadlettered=len(dead))
 
     def _commit(self, offsets: list[TopicPartition]) -> None:
-        self.consumer.commit(offsets=offsets, asynchronous=False)
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # e.g. the group moved on while the store was away
+            log.warning("offsets not committed; the batch will be delivered again and "
+                        "deduplicated", sink=self.name, error=str(exc))
 
-    def _deadletter(self, msg: Message, reason: str, position: int) -> list[Any]:
+    @staticmethod
+    def _deadletter_row(msg: Message, position: int, reason: str) -> list[Any]:
         value = msg.value() or b""
         key = msg.key()
-        self.deadletter.produce(
-            self.settings.topics.deadletter, value=value, key=key,
-            headers=[("reason", reason.encode()), ("dead_lettered_by", self.name.encode()),
-                     ("source_topic", msg.topic().encode()),
-                     ("source_partition", str(msg.partition()).encode()),
-                     ("source_offset", str(msg.offset()).encode())])
-        log.warning("dead-lettered", sink=self.name, topic=msg.topic(),
-                    partition=msg.partition(), offset=msg.offset(), reason=reason)
         return [msg.topic(), msg.partition(), position, reason,
                 key.decode(errors="replace") if key else None, value.hex()]
 
     def run(self, stop: threading.Event) -> None:
-        """Write batches until ``stop`` is set; the last batch is written before returning."""
+        """Write batches until ``stop`` is set; the last batch is written before returning
+        (unless the store is failing then). An unexpected error ends the thread after it is
+        logged: whoever runs the sink must then end the process (cxledger.pipeline)."""
+        self._stop = stop
         log.info("sink started", sink=self.name, topics=self.topics)
         try:
             while not stop.is_set():
                 self.write(self.poll_batch())
+        except Exception:
+            log.exception("sink failed", sink=self.name)
+            raise
         finally:
             self.close()
 

@@ -1,4 +1,11 @@
-"""The raw ledger sink: every interaction event on the ledger topic -> ``ledger_events``."""
+"""The raw ledger sink: every interaction event on the ledger topic -> ``ledger_events``.
+
+The ledger is immutable: the first version of an event id is the one it keeps. Before a batch
+is inserted, ``keep_first_version`` looks its ids up in the store (a bloom-filter index on
+event_id keeps that cheap) and in the batch itself: the same event again (a producer's retry, a
+redelivery) is dropped, and an event that reuses a stored id with other content becomes a dead
+letter with the reason ``event_id conflict``.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +36,36 @@ def map_ledger(record: dict[str, Any], schema_id: int, partition: int,
     yield LEDGER_TABLE, LEDGER_COLUMNS, ledger_row(record, schema_id, partition, position)
 
 
+_ID = LEDGER_COLUMNS.index("event_id")
+_PAYLOAD = LEDGER_COLUMNS.index("payload")
+
+
+def keep_first_version(client: Client, table: str, columns: tuple[str, ...],
+                       rows: list[list[Any]]) -> tuple[list[int], list[tuple[int, str]]]:
+    """The rows of a ledger batch to insert, and the conflicting ones with their reason."""
+    if table != LEDGER_TABLE:
+        return list(range(len(rows))), []
+    ids = list(dict.fromkeys(str(row[_ID]) for row in rows))
+    stored = dict(client.query(
+        "SELECT toString(event_id), any(payload) FROM ledger_events "
+        "WHERE event_id IN {ids:Array(UUID)} GROUP BY event_id",
+        parameters={"ids": ids}).result_rows)
+    first: dict[str, str] = {}
+    kept: list[int] = []
+    refused: list[tuple[int, str]] = []
+    for index, row in enumerate(rows):
+        event_id, payload = str(row[_ID]), row[_PAYLOAD]
+        earlier = stored.get(event_id, first.get(event_id))
+        if earlier is None:
+            first[event_id] = payload
+            kept.append(index)
+        elif earlier != payload:
+            refused.append((index, f"event_id conflict: {event_id} is already in the ledger "
+                                   "with other content; the ledger keeps the first version"))
+    return kept, refused
+
+
 def ledger_sink(settings: Settings, client: Client, codec: WireCodec | None = None,
                 **kwargs: Any) -> ClickHouseSink:
     return ClickHouseSink(settings, client, [settings.topics.ledger], LEDGER_GROUP, map_ledger,
-                          codec=codec, **kwargs)
+                          codec=codec, screen=keep_first_version, **kwargs)

@@ -24,6 +24,9 @@ PARTITION BY toYYYYMM(occurred_at)
 ORDER BY (customer_id, occurred_at, event_id)
 SETTINGS non_replicated_deduplication_window = 1000;
 
+-- The ledger sink looks event ids up before it inserts (the first version of an id is kept).
+ALTER TABLE ledger_events ADD INDEX IF NOT EXISTS event_id_seen event_id TYPE bloom_filter(0.001) GRANULARITY 1;
+
 -- What ops query: the ledger with redeliveries collapsed.
 CREATE VIEW IF NOT EXISTS ledger AS
 SELECT * FROM ledger_events FINAL;
