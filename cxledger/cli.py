@@ -211,6 +211,11 @@ def cmd_sink(args, settings: Settings) -> int:
         try:
             while not stop.is_set():
                 stop.wait(1)
+                dead = pipe.dead_sinks()
+                if dead:  # never left dead and silent: end, so a supervisor restarts us
+                    print(f"cxledger: the sink {dead[0]} failed; see the log above",
+                          file=sys.stderr)
+                    return 1
         except KeyboardInterrupt:
             pass
     return 0
@@ -300,19 +305,59 @@ def cmd_process(args, settings: Settings) -> int:
 
 
 def cmd_gateway(args, settings: Settings) -> int:
+    if args.gateway_command == "key":
+        return _gateway_key(args)
     from producers.gateway import Gateway
 
     settings = _attached(args, settings)
     _need_kafka(settings)
     host = args.host or settings.gateway_host
-    gateway = Gateway(settings, host=host,
-                      port=args.port if args.port is not None else settings.gateway_port)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=gateway.shutdown).start())
-    print(f"gateway on http://{host}:{gateway.port}/events", file=sys.stderr)
     try:
-        gateway.serve_forever()
-    except KeyboardInterrupt:
-        gateway.shutdown()
+        gateway = Gateway(settings, host=host,
+                          port=args.port if args.port is not None else settings.gateway_port)
+    except ValueError as exc:  # a key whose scope names nothing of the contract
+        raise SystemExit(f"cxledger: {exc}")
+    except OSError as exc:
+        raise SystemExit(f"cxledger: cannot listen on {host}:{args.port or settings.gateway_port}"
+                         f" ({exc.strerror}); stop what holds it or pass --port")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    gateway.start()
+    print(f"gateway on {gateway.url}/v1/events (API at {gateway.url}/openapi.json)",
+          file=sys.stderr)
+    try:
+        while not stop.wait(0.5):
+            if not gateway.running:
+                log.error("the gateway's server stopped by itself")
+                gateway.stop()
+                return 1
+    finally:
+        if stop.is_set():
+            gateway.stop()
+    return 0
+
+
+def _gateway_key(args) -> int:
+    """``cxledger gateway key``: a new API key and the settings entry that admits it."""
+    from producers.api_keys import KeyRing, new_api_key
+
+    def names(text: str) -> list[str]:
+        return [n.strip() for n in text.split(",") if n.strip()]
+
+    try:
+        key, entry = new_api_key(args.name, names(args.channels), names(args.event_types),
+                                 rate=args.rate, burst=args.burst)
+        KeyRing(load_settings(environ={}).with_(gateway_keys=(entry,)))  # names the contract's?
+    except (ConfigError, ValueError) as exc:
+        raise SystemExit(f"cxledger: {exc}")
+    if args.format == "json":
+        print(json.dumps({"name": entry.name, "key": key, "entry": entry.as_json()}))
+        return 0
+    print(f"# API key {entry.name!r}: give it to the channel; it is shown only this once\n"
+          f"{key}\n"
+          f"# its settings entry: add it to the config file, or to the TOML file named by "
+          f"CXLEDGER_GATEWAY_KEYS_FILE\n{entry.toml()}", end="")
     return 0
 
 
@@ -438,12 +483,26 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_process)
 
-    p = sub.add_parser("gateway", help="HTTP gateway: POST /events for non-Python channels")
+    p = sub.add_parser("gateway", help="HTTP ingest gateway for non-Python channels: POST "
+                       "/v1/events with an API key; `gateway key` makes a key")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1, "
                    "CXLEDGER_GATEWAY_HOST)")
     p.add_argument("--port", type=int, help="port (default 8080, CXLEDGER_GATEWAY_PORT)")
     p.add_argument("--store", help="find the stack running on this store for its Kafka")
-    p.set_defaults(func=cmd_gateway)
+    p.set_defaults(func=cmd_gateway, gateway_command=None)
+    gsub = p.add_subparsers(dest="gateway_command")
+    k = gsub.add_parser("key", help="make an API key; prints the key once and its settings "
+                        "entry (only the key's SHA-256 goes into the settings)")
+    k.add_argument("--name", required=True, help="the key's name (letters, digits, _ and -), "
+                   "e.g. the channel system that uses it")
+    k.add_argument("--channels", default="*", help="channels it may publish for, comma-"
+                   "separated; patterns allowed (default *: all)")
+    k.add_argument("--event-types", default="*", help="event types it may publish, comma-"
+                   "separated; patterns allowed, e.g. 'complaint.*' (default *: all)")
+    k.add_argument("--rate", type=float, help="events per second (default: the gateway's rate "
+                   "setting)")
+    k.add_argument("--burst", type=int, help="events at once (default: the gateway's burst)")
+    k.add_argument("--format", choices=["toml", "json"], default="toml")
 
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
     p.add_argument("--port", type=int)

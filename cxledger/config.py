@@ -27,11 +27,29 @@ Environment variables:
                                     (default 127.0.0.1:8080)
   CXLEDGER_BROKER_HOST, _PORT       where the local broker listens when no Kafka is configured
                                     (default 127.0.0.1 and a free port)
+
+The ingest gateway (``cxledger gateway``; TOML ``[gateway]`` and ``[gateway.keys.<name>]``):
+  CXLEDGER_GATEWAY_KEYS             its API keys as JSON: {"<name>": {"sha256": "<hex>",
+                                    "channels": [...], "event_types": [...], "rate": R,
+                                    "burst": B}, ...}; `cxledger gateway key` prints an entry
+  CXLEDGER_GATEWAY_KEYS_FILE        a file of such keys: JSON as above (name ends in .json), else
+                                    TOML with [gateway.keys.<name>] tables (a mounted secret).
+                                    Keys of the config file, this file and CXLEDGER_GATEWAY_KEYS
+                                    add up; an entry of the same name replaces the earlier one
+  CXLEDGER_GATEWAY_MAX_BODY_BYTES   largest request body (default 10 MiB; 413 past it)
+  CXLEDGER_GATEWAY_MAX_EVENTS       most events in one request (default 10000; 413 past it)
+  CXLEDGER_GATEWAY_ACK_TIMEOUT      seconds a publish waits for Kafka (and, on the single-machine
+                                    stack, the store) before answering 503 (default 10)
+  CXLEDGER_GATEWAY_SHUTDOWN_FLUSH   seconds a stopping gateway waits for Kafka (default 5)
+  CXLEDGER_GATEWAY_RATE, _BURST     a key's events/s and burst when its entry sets none
+                                    (default 5000 and 10000)
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,6 +97,50 @@ class Topics:
 
 
 @dataclass(frozen=True)
+class GatewayKey:
+    """One API key of the ingest gateway, as the settings hold it: never the key itself, only
+    its SHA-256 (keys are 256-bit random tokens, so a slow hash would add nothing but latency
+    per request), and what it may publish. ``channels`` and ``event_types`` are names or
+    shell-style patterns ("*", "complaint.*"); ``rate`` (events/s) and ``burst`` of None take
+    the gateway's defaults. ``producers.api_keys.new_api_key`` makes one."""
+
+    name: str
+    sha256: str
+    channels: tuple[str, ...] = ("*",)
+    event_types: tuple[str, ...] = ("*",)
+    rate: float | None = None
+    burst: int | None = None
+
+    def toml(self) -> str:
+        """The ``[gateway.keys.<name>]`` table of this key."""
+        def strings(values: tuple[str, ...]) -> str:
+            return "[" + ", ".join(_toml_str(v) for v in values) + "]"
+
+        lines = [f"[gateway.keys.{self.name}]", f"sha256 = {_toml_str(self.sha256)}",
+                 f"channels = {strings(self.channels)}",
+                 f"event_types = {strings(self.event_types)}"]
+        if self.rate is not None:
+            lines.append(f"rate = {float(self.rate)}")
+        if self.burst is not None:
+            lines.append(f"burst = {int(self.burst)}")
+        return "\n".join(lines) + "\n"
+
+    def as_json(self) -> dict[str, Any]:
+        """This key as an entry of CXLEDGER_GATEWAY_KEYS (the name is the entry's key)."""
+        entry: dict[str, Any] = {"sha256": self.sha256, "channels": list(self.channels),
+                                 "event_types": list(self.event_types)}
+        if self.rate is not None:
+            entry["rate"] = self.rate
+        if self.burst is not None:
+            entry["burst"] = self.burst
+        return entry
+
+
+def _toml_str(value: Any) -> str:
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str | None = None
     kafka_client: Mapping[str, str] = field(default_factory=dict)
@@ -108,6 +170,14 @@ class Settings:
     # True on the single-machine stack: a publish is acknowledged only once the ledger sink has
     # written it to the store (the local broker keeps nothing across a restart).
     acks_wait_for_store: bool = False
+    # The ingest gateway: its API keys (hashed), its limits and how long it waits for Kafka.
+    gateway_keys: tuple[GatewayKey, ...] = ()
+    gateway_max_body_bytes: int = 10 * 1024 * 1024
+    gateway_max_events: int = 10_000
+    gateway_ack_timeout: float = 10.0
+    gateway_shutdown_flush: float = 5.0
+    gateway_rate: float = 5_000.0
+    gateway_burst: int = 10_000
 
     @property
     def dsn(self) -> str:
@@ -171,7 +241,13 @@ class Settings:
         if self.broker_port is not None:
             lines.append(f"port = {self.broker_port}")
         lines += ["[gateway]", f"host = {q(self.gateway_host)}", f"port = {self.gateway_port}",
-                  f"acks_wait_for_store = {'true' if self.acks_wait_for_store else 'false'}"]
+                  f"acks_wait_for_store = {'true' if self.acks_wait_for_store else 'false'}",
+                  f"max_body_bytes = {self.gateway_max_body_bytes}",
+                  f"max_events = {self.gateway_max_events}",
+                  f"ack_timeout = {float(self.gateway_ack_timeout)}",
+                  f"shutdown_flush = {float(self.gateway_shutdown_flush)}",
+                  f"rate = {float(self.gateway_rate)}", f"burst = {self.gateway_burst}"]
+        lines += [key.toml().rstrip("\n") for key in self.gateway_keys]
         return "\n".join(lines) + "\n"
 
 
@@ -248,6 +324,7 @@ def load_settings(config_file: str | Path | None = None,
         broker_host=env.get("CXLEDGER_BROKER_HOST") or broker.get("host", "127.0.0.1"),
         broker_port=(_number(int, "CXLEDGER_BROKER_PORT", {"CXLEDGER_BROKER_PORT": broker_port},
                              None) if broker_port else None),
+        **_gateway_settings(gateway, env, path),
     )
 
 
@@ -269,3 +346,99 @@ def _flag(name: str, value: str | None, default: bool) -> bool:
     if value.strip().lower() in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+# -- the ingest gateway's settings -------------------------------------------------------------
+_KEY_FIELDS = {"sha256", "channels", "event_types", "rate", "burst"}
+_KEY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _gateway_settings(table: Mapping[str, Any], env: Mapping[str, str],
+                      path: Any) -> dict[str, Any]:
+    """The gateway_* fields of Settings from the TOML ``[gateway]`` table and the environment."""
+    keys = {k.name: k for k in parse_gateway_keys(table.get("keys", {}),
+                                                  f"{path}: [gateway.keys]")}
+    keys_file = env.get("CXLEDGER_GATEWAY_KEYS_FILE")
+    if keys_file:
+        keys.update((k.name, k) for k in _gateway_keys_file(Path(keys_file)))
+    if env.get("CXLEDGER_GATEWAY_KEYS"):
+        try:
+            entries = json.loads(env["CXLEDGER_GATEWAY_KEYS"])
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"CXLEDGER_GATEWAY_KEYS is not valid JSON ({exc.msg}); it holds "
+                              '{"<name>": {"sha256": ..., "channels": [...], '
+                              '"event_types": [...]}}') from None
+        keys.update((k.name, k) for k in parse_gateway_keys(entries, "CXLEDGER_GATEWAY_KEYS"))
+    settings = {
+        "gateway_keys": tuple(keys.values()),
+        "gateway_max_body_bytes": _number(int, "CXLEDGER_GATEWAY_MAX_BODY_BYTES", env,
+                                          table.get("max_body_bytes", 10 * 1024 * 1024)),
+        "gateway_max_events": _number(int, "CXLEDGER_GATEWAY_MAX_EVENTS", env,
+                                      table.get("max_events", 10_000)),
+        "gateway_ack_timeout": _number(float, "CXLEDGER_GATEWAY_ACK_TIMEOUT", env,
+                                       table.get("ack_timeout", 10.0)),
+        "gateway_shutdown_flush": _number(float, "CXLEDGER_GATEWAY_SHUTDOWN_FLUSH", env,
+                                          table.get("shutdown_flush", 5.0)),
+        "gateway_rate": _number(float, "CXLEDGER_GATEWAY_RATE", env, table.get("rate", 5_000.0)),
+        "gateway_burst": _number(int, "CXLEDGER_GATEWAY_BURST", env, table.get("burst", 10_000)),
+    }
+    for name in ("gateway_max_body_bytes", "gateway_max_events", "gateway_ack_timeout",
+                 "gateway_rate", "gateway_burst"):
+        if settings[name] <= 0:
+            raise ConfigError(f"gateway setting {name.removeprefix('gateway_')} must be "
+                              f"positive, got {settings[name]}")
+    return settings
+
+
+def _gateway_keys_file(path: Path) -> list[GatewayKey]:
+    where = f"CXLEDGER_GATEWAY_KEYS_FILE {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it ({exc.strerror})") from None
+    try:
+        if path.suffix == ".json":
+            return parse_gateway_keys(json.loads(text), where)
+        return parse_gateway_keys(tomllib.loads(text).get("gateway", {}).get("keys", {}), where)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def parse_gateway_keys(entries: Any, where: str) -> list[GatewayKey]:
+    """GatewayKey per ``name -> entry``; ConfigError saying which entry is wrong and how."""
+    if not isinstance(entries, Mapping):
+        raise ConfigError(f"{where}: must map key names to entries, got {type(entries).__name__}")
+    keys = []
+    for name, entry in entries.items():
+        at = f"{where}: key {name!r}"
+        if not _KEY_NAME.match(str(name)):
+            raise ConfigError(f"{at}: a key name is 1-64 letters, digits, '_' or '-'")
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{at}: must be a table with sha256, channels and event_types")
+        unknown = sorted(set(entry) - _KEY_FIELDS)
+        if unknown:
+            raise ConfigError(f"{at}: unknown field {unknown[0]!r}; the fields are "
+                              f"{', '.join(sorted(_KEY_FIELDS))}")
+        digest = str(entry.get("sha256", "")).lower()
+        if not _SHA256.match(digest):
+            raise ConfigError(f"{at}: sha256 must be the 64 hex digits of the key's SHA-256; "
+                              "`cxledger gateway key` prints a whole entry")
+        scope = {}
+        for field_name in ("channels", "event_types"):
+            values = entry.get(field_name)
+            if (not isinstance(values, list) or not values
+                    or not all(isinstance(v, str) and v for v in values)):
+                raise ConfigError(f'{at}: {field_name} must be a non-empty list of names (["*"] '
+                                  "for all)")
+            scope[field_name] = tuple(values)
+        try:
+            rate = float(entry["rate"]) if entry.get("rate") is not None else None
+            burst = int(entry["burst"]) if entry.get("burst") is not None else None
+        except (TypeError, ValueError):
+            raise ConfigError(f"{at}: rate and burst must be numbers") from None
+        if (rate is not None and rate <= 0) or (burst is not None and burst < 1):
+            raise ConfigError(f"{at}: rate must be > 0 events/s and burst at least 1")
+        keys.append(GatewayKey(str(name), digest, scope["channels"], scope["event_types"],
+                               rate, burst))
+    return keys

@@ -96,6 +96,7 @@ class Stack:
         self.record: StackRecord | None = None
         self.monitor: StackMonitor | None = None
         self.generated_password = False
+        self.gateway_key: str | None = None  # the plaintext of a key generated at start
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -106,6 +107,11 @@ class Stack:
         if settings.embedded_store and settings.query_password is None:
             settings = settings.with_(query_password=secrets.token_urlsafe(18))
             self.generated_password = True
+        if not settings.gateway_keys:  # no anonymous publishing either: a key for this stack
+            from producers.api_keys import new_api_key
+
+            self.gateway_key, entry = new_api_key("up")
+            settings = settings.with_(gateway_keys=(entry,))
         pipe = Pipeline(settings, broker_log=self.logs / "broker.log", supervised=True,
                         config_dir=self.store / "run")
         pipe.__enter__()
@@ -142,7 +148,8 @@ class Stack:
             query=({"host": pipe.settings.query_host, "port": self.endpoint.port,
                     "user": pipe.settings.query_user, "password": pipe.settings.query_password}
                    if self.endpoint else {}),
-            gateway={"host": pipe.settings.gateway_host, "port": pipe.settings.gateway_port},
+            gateway={"host": pipe.settings.gateway_host, "port": pipe.settings.gateway_port,
+                     **({"key": self.gateway_key} if self.gateway_key else {})},
             workers=self.workers, acks="store" if pipe.local_broker else "broker")
         write_record(self.record)
         self._announce()
@@ -176,10 +183,12 @@ class Stack:
                  f"{time.monotonic() - started:.1f}s{fixed}")
         return base
 
-    def _wait_gateway(self, timeout: float = 30.0) -> None:
+    def _wait_gateway(self, timeout: float = 60.0) -> None:
+        """Until the gateway is ready: Kafka reachable, and (acks wait for the store) the
+        ledger sink's group formed."""
         s = self.pipe.settings
         host = "127.0.0.1" if s.gateway_host in ("0.0.0.0", "") else s.gateway_host
-        url = f"http://{host}:{s.gateway_port}/healthz"
+        url = f"http://{host}:{s.gateway_port}/readyz"
         deadline = time.monotonic() + timeout
         while True:
             if self.gateway.proc.poll() is not None:
@@ -204,7 +213,10 @@ class Stack:
                     if self.generated_password else "")
             lines.append(f"  query endpoint  {r.query_url}  user {r.query['user']}  "
                          f"password {r.query['password']}{note}")
-        lines += [f"  gateway         {r.gateway_url}/events",
+        lines.append(f"  gateway         {r.gateway_url}/v1/events"
+                     + (f"  key {self.gateway_key}  (generated; kept in "
+                        f"{self.store / 'stack.json'})" if self.gateway_key else ""))
+        lines += [
                   f"  kafka           {r.bootstrap}",
                   f"  logs            {self.logs}",
                   "Ctrl-C (or `cxledger down`) stops everything."]
@@ -246,9 +258,9 @@ class Stack:
         endpoint, self.endpoint = self.endpoint, None
         monitor, self.monitor = self.monitor, None
         try:
-            # At most 5 + 25 + 15 + 10 s, and the broker's 5: within STOP_TIMEOUT.
+            # At most 8 + 25 + 15 + 10 s, and the broker's 5: within STOP_TIMEOUT.
             if self.gateway is not None:
-                stop_children([self.gateway], 5)
+                stop_children([self.gateway], min(8.0, self.settings.gateway_shutdown_flush + 3))
             if pipe is not None and drain and pipe.workers:
                 self._drain(pipe)
             if pipe is not None:
@@ -464,7 +476,9 @@ def run_detached(argv: list[str], settings: Settings) -> int:
             if record.query:
                 print(f"  query endpoint  {record.query_url}  user {record.query['user']}  "
                       f"password {record.query['password']}")
-            print(f"  gateway         {record.gateway_url}/events\n"
+            print(f"  gateway         {record.gateway_url}/v1/events"
+                  + (f"  key {record.gateway['key']}" if record.gateway.get("key") else "")
+                  + "\n"
                   f"  kafka           {record.bootstrap}\n"
                   f"  logs            {store / LOGS}\n"
                   f"`cxledger status` reports on it; `cxledger down` stops it.")
@@ -492,13 +506,15 @@ def show_status(settings: Settings, fmt: str = "text") -> int:
         info = asdict(record)
         if info.get("query"):
             info["query"] = {k: v for k, v in info["query"].items() if k != "password"}
+        info["gateway"] = {k: v for k, v in info["gateway"].items() if k != "key"}
         print(json.dumps({"running": True, "stack": info, "status": status}, indent=2))
         return 0
     print(f"stack {record.state} on {store} (pid {record.pid}, since {record.started_at})")
     if record.query:
         print(f"  query endpoint  {record.query_url}  user {record.query['user']}  "
               f"(password in {store / 'stack.json'})")
-    print(f"  gateway         {record.gateway_url}/events")
+    print(f"  gateway         {record.gateway_url}/v1/events"
+          + (f"  (key in {store / 'stack.json'})" if record.gateway.get("key") else ""))
     print(f"  kafka           {record.bootstrap}  (acknowledged = "
           f"{'in the store' if record.acks == 'store' else 'on the broker'})")
     if status:
