@@ -49,6 +49,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from producers.sdk import PRODUCER_DEFAULTS, make_codec
 from schemas.codec import DecodeError
+from schemas.deadletter import deadletter_message
+from schemas.validation import ledger_refusal
 
 log = structlog.get_logger("cxledger.processors")
 
@@ -133,19 +135,19 @@ class DerivedProducer:
 
 
 def read_ledger_range(settings: Settings, partition: int, start: int, end: int,
-                      timeout: float = 60.0) -> list[tuple[int, bytes]]:
-    """(offset, value) of the ledger partition's messages in [start, end), by assignment."""
+                      timeout: float = 60.0) -> list[tuple[int, bytes | None, bytes]]:
+    """(offset, key, value) of the ledger partition's messages in [start, end), by assignment."""
     consumer = Consumer(settings.kafka_conf(**{
         "group.id": f"{settings.topics.processors_app}-catch-up-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
         "auto.offset.reset": "earliest"}))
     try:
         consumer.assign([TopicPartition(settings.topics.ledger, partition, start)])
-        out: list[tuple[int, bytes]] = []
+        out: list[tuple[int, bytes | None, bytes]] = []
         deadline = time.monotonic() + timeout
         while (not out or out[-1][0] < end - 1) and time.monotonic() < deadline:
             for msg in consumer.consume(1000, timeout=0.5):
                 if msg.error() is None and start <= msg.offset() < end:
-                    out.append((msg.offset(), msg.value()))
+                    out.append((msg.offset(), msg.key(), msg.value()))
         if not out or out[-1][0] < end - 1:
             raise RuntimeError(f"could not read ledger partition {partition} offsets "
                                f"{start}..{end - 1} within {timeout:.0f}s")
@@ -193,12 +195,11 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
     restored: set[int] = set()
 
     def dead_letter(msg_key, value, reason: str, partition: int, offset: int) -> None:
-        producer.send(settings.topics.deadletter, msg_key, value, headers=[
-            ("reason", reason.encode()), ("dead_lettered_by", settings.topics.processors_app.encode()),
-            ("source_topic", settings.topics.ledger.encode()),
-            ("source_partition", str(partition).encode()),
-            ("source_offset", str(offset).encode())])
-        log.warning("dead-lettered", partition=partition, offset=offset, reason=reason)
+        value, headers = deadletter_message(value, reason, settings.topics.processors_app,
+                                            settings.topics.ledger, partition, offset)
+        producer.send(settings.topics.deadletter, (msg_key or b"")[:1024] or None, value,
+                      headers)
+        log.warning("dead-lettered", partition=partition, offset=offset, reason=reason[:500])
 
     @app.agent(ledger)
     async def fold_ledger(stream):
@@ -217,6 +218,10 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
                     record, _ = codec.decode(msg.value)
                 except DecodeError as exc:
                     dead_letter(msg.key, msg.value, str(exc), partition, msg.offset)
+                    continue
+                refusal = ledger_refusal(record, msg.key)
+                if refusal:  # the ledger sink refuses it too: what is folded is what is stored
+                    dead_letter(msg.key, msg.value, refusal, partition, msg.offset)
                     continue
                 batch[partition].append(record)
             if not ends:
@@ -291,11 +296,13 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
         gap = await loop.run_in_executor(None, read_ledger_range, settings, partition,
                                          fold.position, first_offset)
         records = []
-        for offset, value in gap:
+        for offset, key, value in gap:
             try:
-                records.append(codec.decode(value)[0])
+                record = codec.decode(value)[0]
             except DecodeError:
-                pass  # dead-lettered when it was first seen
+                continue  # dead-lettered when it was first seen
+            if ledger_refusal(record, key) is None:
+                records.append(record)
         derived = folds.fold_batch({partition: records})
         fold.position = first_offset
         await send_and_persist(derived, [partition])

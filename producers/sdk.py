@@ -39,7 +39,7 @@ from confluent_kafka import (Consumer, KafkaError, KafkaException, Message, Prod
 
 from cxledger.config import LEDGER_SINK_GROUP, Settings
 from schemas.codec import WireCodec
-from schemas.validation import EventValidationError, normalize_event
+from schemas.validation import EventValidationError, normalize_event, partition_key
 
 log = structlog.get_logger("cxledger.producer")
 
@@ -189,7 +189,7 @@ class LedgerProducer:
         event id checks of the module docstring apply)."""
         value = self.codec.encode(record)
         event_id = record["event_id"]
-        key = record["customer_id"].encode()
+        key = partition_key(record).encode()
         headers = [("event_id", event_id.encode())]
         self._check_size(record, value, key, headers)
         digest = self.recent_ids.digest(value)

@@ -454,3 +454,30 @@ def _check_values(record: dict[str, Any], event_type: str, event_id: Any, now_ms
     if "period" in record and not _PERIOD.fullmatch(record["period"]):
         raise EventValidationError(f"must be YYYY-MM, got {_show(record['period'])}", "period",
                                    event_type, event_id)
+
+
+def partition_key(record: dict[str, Any]) -> str:
+    """What a ledger event is keyed by on Kafka: its customer, so that one customer's events
+    stay in order on one partition."""
+    return record["customer_id"]
+
+
+def ledger_refusal(record: dict[str, Any], key: bytes | None) -> str | None:
+    """Why a decoded ledger record must not enter the ledger, or None.
+
+    A record can reach the topic without the SDK (a raw producer): the consumers then apply the
+    checks the SDK applies, and its message key must be its partition key, or that customer's
+    events would not stay in order. The ledger sink dead-letters a refused record and the
+    processors skip it, so what is folded is what is stored.
+    """
+    expected = partition_key(record)
+    if key is None:
+        return f"no message key: a ledger event is keyed by its customer_id ({expected!r})"
+    if key != expected.encode():
+        return (f"message key {key[:80]!r} is not the event's customer_id {expected!r}: "
+                "publish with the SDK or key by customer_id")
+    try:
+        normalize_event(dict(record))
+    except EventValidationError as exc:
+        return str(exc)
+    return None

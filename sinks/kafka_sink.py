@@ -43,6 +43,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from cxledger.config import Settings
 from schemas.codec import DecodeError, WireCodec
+from schemas.deadletter import deadletter_message
 
 log = structlog.get_logger("cxledger.sink")
 
@@ -57,6 +58,9 @@ RowMapper = Callable[[dict[str, Any], int, int, int],
 # (indexes of the rows to insert, [(index, reason)] of the rows to dead-letter)
 Screen = Callable[[Client, str, tuple[str, ...], list[list[Any]]],
                   tuple[list[int], list[tuple[int, str]]]]
+
+# Checks a decoded record and its message key: the reason to dead-letter it, or None.
+Check = Callable[[dict[str, Any], bytes | None], str | None]
 
 # A message with this header is a position marker (see cxledger.pipeline), not data.
 FENCE_HEADER = "cxledger-fence"
@@ -149,7 +153,7 @@ class ClickHouseSink:
                  batch_rows: int | None = None, batch_seconds: float | None = None,
                  consumer_extra: dict[str, Any] | None = None,
                  offset_base: Mapping[tuple[str, int], int] | None = None,
-                 screen: Screen | None = None):
+                 screen: Screen | None = None, check: Check | None = None):
         self.settings = settings
         self.client = client
         self.topics = topics
@@ -163,6 +167,7 @@ class ClickHouseSink:
                                                          "linger.ms": 5}))
         self.offset_base = dict(offset_base or {})
         self.screen = screen
+        self.check = check
         self.stats = SinkStats()
         self._stop = threading.Event()  # set by ``run``'s caller: give up retrying, commit nothing
         self._subscribed = False
@@ -224,6 +229,10 @@ class ClickHouseSink:
                 record, schema_id = self.codec.decode(msg.value())
             except DecodeError as exc:
                 dead.append((msg, position, str(exc)))
+                continue
+            refusal = self.check(record, msg.key()) if self.check else None
+            if refusal:
+                dead.append((msg, position, refusal))
                 continue
             for table, columns, row in self.mapper(record, schema_id, msg.partition(), position):
                 rows[(table, columns)].append(row)
@@ -323,15 +332,24 @@ class ClickHouseSink:
                 + self._insert_isolating(table, columns, rows[mid:], sources[mid:], token + "/b"))
 
     def _send_dead_letters(self, dead: list[tuple[Message, int, str]]) -> None:
+        """To the dead-letter topic, after deadletter_events holds them: a dead letter the
+        topic does not take is logged, never a reason to stop (the table has it)."""
+        def delivered(err, msg) -> None:
+            if err is not None:
+                log.error("dead letter not taken by the topic; deadletter_events has it",
+                          sink=self.name, error=str(err))
+
         for msg, position, reason in dead:
-            self.deadletter.produce(
-                self.settings.topics.deadletter, value=msg.value() or b"", key=msg.key(),
-                headers=[("reason", reason.encode()), ("dead_lettered_by", self.name.encode()),
-                         ("source_topic", msg.topic().encode()),
-                         ("source_partition", str(msg.partition()).encode()),
-                         ("source_offset", str(position).encode())])
+            value, headers = deadletter_message(msg.value(), reason, self.name, msg.topic(),
+                                                msg.partition(), position)
+            try:
+                self.deadletter.produce(self.settings.topics.deadletter, value=value,
+                                        key=(msg.key() or b"")[:1024] or None, headers=headers,
+                                        on_delivery=delivered)
+            except (BufferError, KafkaException) as exc:
+                delivered(exc, msg)
             log.warning("dead-lettered", sink=self.name, topic=msg.topic(),
-                        partition=msg.partition(), offset=msg.offset(), reason=reason)
+                        partition=msg.partition(), offset=msg.offset(), reason=reason[:500])
         if dead:
             self.deadletter.flush(30)
 

@@ -1,6 +1,9 @@
 """The raw ledger sink: every interaction event on the ledger topic -> ``ledger_events``.
 
-The ledger is immutable: the first version of an event id is the one it keeps. Before a batch
+A record that reached the topic without the SDK gets the SDK's checks here
+(``schemas.validation.ledger_refusal``: values, sizes, the message key): a refused one becomes
+a dead letter, as the processors skip it. The ledger is immutable: the first version of an
+event id is the one it keeps. Before a batch
 is inserted, ``keep_first_version`` looks its ids up in the store (a bloom-filter index on
 event_id keeps that cheap) and in the batch itself: the same event again (a producer's retry, a
 redelivery) is dropped, and an event that reuses a stored id with other content becomes a dead
@@ -16,6 +19,7 @@ from clickhouse_connect.driver.client import Client
 from cxledger.config import LEDGER_SINK_GROUP, Settings
 from schemas.codec import WireCodec
 from schemas.jsonform import dumps
+from schemas.validation import ledger_refusal
 from sinks.kafka_sink import ClickHouseSink
 
 LEDGER_TABLE = "ledger_events"
@@ -68,4 +72,4 @@ def keep_first_version(client: Client, table: str, columns: tuple[str, ...],
 def ledger_sink(settings: Settings, client: Client, codec: WireCodec | None = None,
                 **kwargs: Any) -> ClickHouseSink:
     return ClickHouseSink(settings, client, [settings.topics.ledger], LEDGER_GROUP, map_ledger,
-                          codec=codec, screen=keep_first_version, **kwargs)
+                          codec=codec, screen=keep_first_version, check=ledger_refusal, **kwargs)
