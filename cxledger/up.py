@@ -146,7 +146,8 @@ class Stack:
             state="ready", bootstrap=pipe.settings.kafka_bootstrap,
             local_broker=pipe.local_broker,
             query=({"host": pipe.settings.query_host, "port": self.endpoint.port,
-                    "user": pipe.settings.query_user, "password": pipe.settings.query_password}
+                    "user": pipe.settings.query_user, "password": pipe.settings.query_password,
+                    "generated": self.generated_password}
                    if self.endpoint else {}),
             gateway={"host": pipe.settings.gateway_host, "port": pipe.settings.gateway_port,
                      **({"key": self.gateway_key} if self.gateway_key else {})},
@@ -208,11 +209,11 @@ class Stack:
     def _announce(self) -> None:
         r = self.record
         lines = ["ready:"]
-        if r.query:
-            note = (f"  (generated; kept in {self.store / 'stack.json'})"
-                    if self.generated_password else "")
+        if r.query:  # a password is shown only when up made it: a configured one is a secret
             lines.append(f"  query endpoint  {r.query_url}  user {r.query['user']}  "
-                         f"password {r.query['password']}{note}")
+                         + (f"password {r.query['password']}  (generated; kept in "
+                            f"{self.store / 'stack.json'})" if self.generated_password
+                            else "password from the settings"))
         lines.append(f"  gateway         {r.gateway_url}/v1/events"
                      + (f"  key {self.gateway_key}  (generated; kept in "
                         f"{self.store / 'stack.json'})" if self.gateway_key else ""))
@@ -475,7 +476,8 @@ def run_detached(argv: list[str], settings: Settings) -> int:
             print(f"stack running in the background (pid {proc.pid}) on {store}")
             if record.query:
                 print(f"  query endpoint  {record.query_url}  user {record.query['user']}  "
-                      f"password {record.query['password']}")
+                      + (f"password {record.query['password']}" if record.query.get("generated")
+                         else "password from the settings"))
             print(f"  gateway         {record.gateway_url}/v1/events"
                   + (f"  key {record.gateway['key']}" if record.gateway.get("key") else "")
                   + "\n"
