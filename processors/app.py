@@ -257,7 +257,13 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
         if attempt:
             log.info("derived events acknowledged after retries", attempts=attempt + 1)
         for key, value in folds.changed_state(partitions):
-            state[key.encode()] = value
+            if value is not None:
+                state[key.encode()] = value
+            else:  # forgotten by the fold: its entry goes, with a tombstone in the changelog
+                try:
+                    del state[key.encode()]
+                except KeyError:
+                    pass
 
     async def advance_idle_clocks() -> None:
         """Live mode: an idle partition's clock follows wall time less the allowed lateness,

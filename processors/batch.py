@@ -68,10 +68,13 @@ class PartitionFolds:
         partition_state = None
         for key, value in entries:
             customer_id = key.split("/", 1)[1]
+            plain = decode_state(value)
+            if plain is None:
+                continue  # a customer the fold forgot
             if customer_id == PARTITION_STATE_KEY:
-                partition_state = decode_state(value)
+                partition_state = plain
             else:
-                fold.load_customer(customer_id, decode_state(value))
+                fold.load_customer(customer_id, plain)
         if partition_state is not None:
             fold.restore_partition(partition_state)
         fold.clear_dirty()
@@ -92,15 +95,17 @@ class PartitionFolds:
             derived += fold.drain_complaints()
         return derived
 
-    def changed_state(self, partitions: Iterable[int]) -> list[tuple[str, bytes]]:
+    def changed_state(self, partitions: Iterable[int]) -> list[tuple[str, bytes | None]]:
         """(key, encoded state) of every customer changed since the last call, plus each
-        partition's own state; marks them clean."""
+        partition's own state; None for a customer the fold forgot (delete it); marks them
+        clean."""
         out = []
         for partition in partitions:
             fold = self.folds[partition]
             for customer_id in fold.dirty_customers():
+                plain = fold.customer_state(customer_id)
                 out.append((state_key(partition, customer_id),
-                            encode_state(fold.customer_state(customer_id))))
+                            None if plain is None else encode_state(plain)))
             out.append((state_key(partition, PARTITION_STATE_KEY),
                         encode_state(fold.snapshot_partition())))
             fold.clear_dirty()

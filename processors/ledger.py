@@ -15,6 +15,12 @@ c. the event is applied to its customer: complaints (arming deadlines), tiers
    fire right after it;
 d. the window partials are fed (contacts, scores, complaints).
 
+Bounded state: when the partition clock enters a new UTC day, ``sweep`` forgets what the rules
+can no longer use: event ids older than the duplicate horizon, churn signal times that have
+expired, closed complaints past their retention, and customers left with nothing but the state
+a new customer starts with (folding them again from scratch gives the same result). The sweep
+happens at the same points of event time in the live processors and in a replay.
+
 ``advance_clock`` moves an idle partition's clock (live mode; see :func:`live_clock_target`);
 ``drain_windows`` emits the window partials touched since the last drain and
 ``drain_complaints`` the current state of every complaint changed since the last drain.
@@ -41,6 +47,10 @@ STATE_FORMAT = 1
 # own event time are remembered, so a redelivered event is not folded twice (the ledger in
 # ClickHouse collapses it too, so live and replay agree). Older duplicates are not detected.
 DUPLICATE_HORIZON_MS = 24 * 3_600_000
+# ... and at most this many of the customer's latest ids, so the memory a busy customer holds
+# is bounded too (a retry comes soon after the original; the ledger itself keeps one copy).
+DUPLICATE_MEMORY = 16
+_DAY_MS = 86_400_000
 _CHURN_INTENTS = frozenset({"port_out", "cancel", "downgrade"})
 
 
@@ -49,6 +59,16 @@ def _new_customer() -> dict:
     tuples only, so most customers hold nothing the cycle collector has to track."""
     return {"complaints": {}, "tier": tiers.new_state(), "churn": churn.new_state(),
             "recent": {}}
+
+
+_NEW_TIER = tiers.new_state()
+_NEW_CHURN = churn.new_state()
+
+
+def _is_new(cust: dict) -> bool:
+    """True when a customer's state is what a customer with no events starts with."""
+    return (not cust["recent"] and not cust["complaints"] and cust["tier"] == _NEW_TIER
+            and cust["churn"] == _NEW_CHURN)
 
 
 def live_clock_target(clock: int, wall_ms: int, rules: Rules) -> int | None:
@@ -108,11 +128,14 @@ class PartitionFold:
             self.duplicates += 1
             return out
         if at > self.clock:
+            new_day = at // _DAY_MS != self.clock // _DAY_MS and self.clock
             self.clock = at
             self.windows.clock = at
             deadlines = self._deadlines
             if deadlines and deadlines[0][0] < at:
                 self._fire_due(out)
+            if new_day:  # after the deadlines before ``at`` fired with all they could use
+                self.sweep(at)
         handler = self._handlers.get(event["event_type"])
         if handler is None:
             self.ignored[event["event_type"]] += 1
@@ -129,6 +152,8 @@ class PartitionFold:
         if len(recent) > 1 and next(iter(recent.values())) < oldest:
             for old in [k for k, t in recent.items() if t < oldest]:
                 del recent[old]
+        if len(recent) > DUPLICATE_MEMORY:
+            del recent[next(iter(recent))]
         self._dirty.add(cid)
 
     def apply_all(self, events: Iterable[Mapping]) -> list[dict]:
@@ -137,14 +162,46 @@ class PartitionFold:
             out.extend(self.apply(event))
         return out
 
+    def sweep(self, now: int) -> None:
+        """Forget what the rules can no longer use as of ``now`` (see the module docstring)."""
+        oldest = now - DUPLICATE_HORIZON_MS
+        retention = self.rules.complaints
+        churn_rules = self.rules.churn
+        for cid, cust in list(self.customers.items()):
+            changed = False
+            recent = cust["recent"]
+            if recent and next(iter(recent.values())) < oldest:
+                cust["recent"] = {k: t for k, t in recent.items() if t >= oldest}
+                changed = True
+            ch = cust["churn"]
+            if ch["last"] or ch["filed"]:
+                before = (len(ch["last"]), len(ch["filed"]))
+                churn.prune(ch, now, churn_rules)
+                changed |= before != (len(ch["last"]), len(ch["filed"]))
+            if cust["complaints"]:
+                for gone in complaints.prune(cust["complaints"], now, retention):
+                    changed = True
+                    key = (cid, gone["complaint_id"])
+                    if key in self._complaints_touched:
+                        self._complaints_touched.discard(key)
+                        self._pruned_undrained.append(
+                            complaints.state_changed(gone, cid, self.rules.version))
+            if changed and _is_new(cust):
+                del self.customers[cid]
+            if changed:
+                self._dirty.add(cid)
+
     def advance_clock(self, now_ms: int) -> list[dict]:
         """Move the clock to ``now_ms`` without an event (idle partition, live mode only)
         and fire the deadlines it passes."""
         out: list[dict] = []
         if now_ms > self.clock:
+            new_day = now_ms // _DAY_MS != self.clock // _DAY_MS and self.clock
             self.clock = now_ms
             self.windows.clock = now_ms
             self._fire_due(out)
+            if new_day:
+                self.sweep(now_ms)
         return out
 
     def drain_windows(self) -> list[dict]:

@@ -86,9 +86,13 @@ def test_the_whole_lifecycle_on_time_breaches_nothing():
         complaint_event("complaint.closed", T0 + 77 * HOUR, "q1"),
     )
     assert breaches(out) == []
-    assert breaches(fold.advance_clock(T0 + 1000 * HOUR)) == []
     c = fold.customer_state("c-000042")["complaints"]["q1"]
     assert c["status"] == "closed" and c["pending"] == {} and c["anomalies"] == []
+    assert breaches(fold.advance_clock(T0 + 1000 * HOUR)) == []
+    # 30 days after it closed, with nothing pending, it leaves the fold's state (bounded
+    # state: its history is in the ledger)
+    state = fold.customer_state("c-000042")
+    assert state is None or "q1" not in state["complaints"]
 
 
 def test_a_late_meeting_event_finds_the_breach_already_fired():

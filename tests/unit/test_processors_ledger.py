@@ -199,7 +199,12 @@ def test_restoring_a_checkpoint_continues_exactly(events, data):
         if i in points:
             fold.drain_windows()
             fold.drain_complaints()
-            store.update({c: json.dumps(fold.customer_state(c)) for c in fold.dirty_customers()})
+            for c in fold.dirty_customers():  # a customer the fold forgot leaves the store
+                plain = fold.customer_state(c)
+                if plain is None:
+                    store.pop(c, None)
+                else:
+                    store[c] = json.dumps(plain)
             fold.clear_dirty()
             snapshot, saved_at, tail = json.dumps(fold.snapshot_partition()), i, []
         if i < len(events):
@@ -333,3 +338,39 @@ def test_remembered_ids_expire_after_the_horizon():
     fold.apply(contact(T0 + DUPLICATE_HORIZON_MS + MIN, "c-1"))
     assert first["event_id"] not in fold.customer_state("c-1")["recent"]
     assert len(fold.customer_state("c-1")["recent"]) == 1
+
+
+# -- bounded state -------------------------------------------------------------------------------
+
+def test_a_customer_left_with_a_new_customer_s_state_is_forgotten_on_the_next_day():
+    fold = PartitionFold(RULES, 3)
+    fold.apply(contact(T0, "c-once"))
+    fold.apply(billing(T0, "2025-01", "800.00", customer_id="c-billed"))
+    fold.clear_dirty()
+    assert {"c-once", "c-billed"} <= set(fold.customers)
+    fold.apply(contact(T0 + 2 * 24 * HOUR, "c-later"))  # the clock enters a new day, 2 days on
+    assert "c-once" not in fold.customers               # nothing the rules can use is left
+    assert fold.customers["c-billed"]["recent"] == {}   # its tier basis stays, its ids go
+    assert fold.customers["c-billed"]["tier"]["periods"]
+    assert {"c-once", "c-billed"} <= fold.dirty_customers()
+    assert fold.customer_state("c-once") is None        # -> deleted from the stored state
+
+
+def test_a_busy_customer_remembers_a_bounded_number_of_event_ids():
+    from processors.ledger import DUPLICATE_MEMORY
+
+    fold = PartitionFold(RULES, 3)
+    events = [contact(T0 + i * MIN) for i in range(DUPLICATE_MEMORY + 9)]
+    fold.apply_all(events)
+    recent = fold.customers["c-000042"]["recent"]
+    assert list(recent) == [e["event_id"] for e in events[-DUPLICATE_MEMORY:]]
+    assert fold.apply(events[-1]) == [] and fold.duplicates == 1  # a retry is still caught
+
+
+def test_expired_churn_signals_are_forgotten_and_the_level_is_unchanged():
+    fold = PartitionFold(RULES, 3)
+    fold.apply(port_out(T0))
+    churn_state = fold.customers["c-000042"]["churn"]
+    assert "port_out" in churn_state["last"]
+    fold.apply(contact(T0 + 31 * 24 * HOUR, "c-other"))  # port_out's 30 days are over
+    assert "port_out" not in fold.customers["c-000042"]["churn"]["last"]
