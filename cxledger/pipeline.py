@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -52,6 +52,12 @@ class Child:
     log: Path | None
     proc: subprocess.Popen
     restarts: int = 0
+    restarted_at: list[float] = field(default_factory=list)  # monotonic times of restarts
+
+    def crash_looping(self, limit: int = 5, within_s: float = 60.0) -> bool:
+        """True when it was restarted ``limit`` times within the last ``within_s``."""
+        recent = [t for t in self.restarted_at if time.monotonic() - t < within_s]
+        return len(recent) >= limit
 
 
 class Pipeline:
@@ -154,6 +160,7 @@ class Pipeline:
     def respawn(self, child: Child) -> None:
         child.proc = self._popen(child.argv, child.log)
         child.restarts += 1
+        child.restarted_at = [*child.restarted_at[-9:], time.monotonic()]
 
     def _popen(self, argv: list[str], log_path: Path | None) -> subprocess.Popen:
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL

@@ -231,9 +231,9 @@ class Stack:
         while not stop.wait(1.0):
             for child in [*self.pipe.workers, self.gateway]:
                 if child.proc.poll() is not None:
-                    if child.restarts >= 5:
-                        raise UpError(f"{child.name} keeps exiting (code {child.proc.returncode});"
-                                      f" see {child.log}")
+                    if child.crash_looping():
+                        raise UpError(f"{child.name} keeps exiting (code {child.proc.returncode},"
+                                      f" 5 restarts within a minute); see {child.log}")
                     log.error("child exited; starting it again", child=child.name,
                               code=child.proc.returncode, log=str(child.log))
                     self.pipe.respawn(child)

@@ -12,22 +12,23 @@ Per batch (``stream.take_events``), in this order, which is the whole at-least-o
      batch of backfill can derive more events than it folds). A batch whose events are not
      acknowledged is sent again, with backoff, until they are: it is never acknowledged, and
      never leaves state behind, before that;
-  5. persist the changed customer states and each partition's own state (clock, windows, the
-     ``position`` after the batch) to a faust table, one entry per changed key, JSON-encoded;
-     the table's changelog is what a restarted or rebalanced worker recovers from, and faust
-     flushes it before it commits input offsets;
+  5. write the changed customer states, then each partition's own state (clock, windows, the
+     ``position`` after the batch), to the compacted changelog (processors.changelog), and wait
+     for the broker's acks;
   6. return: faust acks the batch's events and commits their offsets on its interval.
-A crash before 5 replays the batch from the state before it: derived event ids are
+A crash before 5 completes replays the batch from the state before it: derived event ids are
 deterministic and every sink deduplicates by id, so a replay changes nothing users see. A crash
-between 5 and the commit redelivers input the state already holds: step 1 skips it. When a
-recovered state is behind the input it is given (a changelog read short of its end), the gap
-is read from the ledger and folded again before anything else. Hot state lives in memory as
-plain data; the table is written once per batch, never read on the hot path.
+between 5 and the commit redelivers input the state already holds: step 1 skips it. A worker
+given a partition reads its state back from the changelog as of the last partition record
+(``read_state``: a batch cut short by a crash does not count), and folds again from the ledger
+any input between that state's position and where its consumer starts. Hot state lives in
+memory as plain data; the changelog is written once per batch, read only on assignment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import ssl
 import threading
@@ -38,11 +39,11 @@ from typing import Any
 
 import faust
 import structlog
-from faust.tables.table import Table
 
 from cxledger.config import Settings
-from processors.batch import PartitionFolds, partition_of_key, settle_heap, tune_gc_for_folds
-from processors.changelog import STATE_TABLE
+from processors.batch import PartitionFolds, settle_heap, tune_gc_for_folds
+from processors.changelog import (changelog_topic, create_changelog_topic, read_state,
+                                  state_records)
 from processors.ledger import live_clock_target
 from processors.rules import Rules, load_rules
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -67,29 +68,60 @@ def backoff(attempt: int, first: float = RETRY_FIRST_S, cap: float = RETRY_MAX_S
     return random.uniform(0, min(cap, first * 2 ** (attempt - 1)))
 
 
-class PartitionKeyedTable(Table):
-    """A table whose keys say their partition ("<partition>/<customer>"): each entry goes to the
-    changelog partition of the ledger partition it belongs to, even when written from a batch
-    rather than from inside one event's iteration."""
-
-    def partition_for_key(self, key: Any) -> int:
-        return partition_of_key(key.decode() if isinstance(key, bytes) else key)
-
-
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """faust's (aiokafka's) credentials from the librdkafka settings every other client of
+    ours uses (``settings.kafka_client``), so that both speak to Kafka the same way:
+
+    - ``security.protocol``: PLAINTEXT (None), SSL, SASL_PLAINTEXT or SASL_SSL;
+    - ``sasl.mechanism`` PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (``sasl.username``,
+      ``sasl.password``) or GSSAPI (``sasl.kerberos.service.name``); librdkafka's default,
+      GSSAPI, when none is set;
+    - TLS: ``ssl.ca.location`` (a CA file or directory; default: the system's CAs), a client
+      certificate for mutual TLS (``ssl.certificate.location``, ``ssl.key.location``,
+      ``ssl.key.password``), ``ssl.endpoint.identification.algorithm=none`` (no host name
+      check) and ``enable.ssl.certificate.verification=false`` (no check at all), as librdkafka
+      reads them.
+    """
     client = settings.kafka_client
+
+    def ssl_context() -> ssl.SSLContext:
+        ca = client.get("ssl.ca.location")
+        if ca and os.path.isdir(ca):
+            context = ssl.create_default_context(capath=ca)
+        else:
+            context = ssl.create_default_context(cafile=ca or None)
+        if client.get("ssl.certificate.location"):
+            context.load_cert_chain(client["ssl.certificate.location"],
+                                    client.get("ssl.key.location") or None,
+                                    password=client.get("ssl.key.password") or None)
+        if str(client.get("ssl.endpoint.identification.algorithm", "https")).lower() == "none":
+            context.check_hostname = False
+        if str(client.get("enable.ssl.certificate.verification", "true")).lower() in ("false",
+                                                                                     "0"):
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
     protocol = client.get("security.protocol", "PLAINTEXT").upper()
     if protocol == "PLAINTEXT":
         return None
-    context = None
-    if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=client.get("ssl.ca.location"))
-    if protocol.startswith("SASL"):
-        return faust.SASLCredentials(username=client.get("sasl.username"),
-                                     password=client.get("sasl.password"),
-                                     mechanism=client.get("sasl.mechanism", "PLAIN"),
-                                     ssl_context=context)
-    return faust.SSLCredentials(context)
+    if protocol not in ("SSL", "SASL_SSL", "SASL_PLAINTEXT"):
+        raise ValueError(f"security.protocol {protocol!r}: expected PLAINTEXT, SSL, "
+                         "SASL_PLAINTEXT or SASL_SSL")
+    context = ssl_context() if protocol in ("SSL", "SASL_SSL") else None
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    mechanism = client.get("sasl.mechanism", "GSSAPI").upper()
+    if mechanism == "GSSAPI":
+        return faust.GSSAPICredentials(
+            kerberos_service_name=client.get("sasl.kerberos.service.name", "kafka"),
+            ssl_context=context)
+    if mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        raise ValueError(f"sasl.mechanism {mechanism!r} is not supported by the faust worker: "
+                         "use PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or GSSAPI")
+    return faust.SASLCredentials(username=client.get("sasl.username"),
+                                 password=client.get("sasl.password"),
+                                 mechanism=mechanism, ssl_context=context)
 
 
 class DerivedProducer:
@@ -115,11 +147,13 @@ class DerivedProducer:
                 self._failures.append(f"{msg.topic()}: {err}")
 
     def send(self, topic: str, key: bytes | None, value: bytes,
-             headers: list[tuple[str, bytes]] | None = None) -> None:
+             headers: list[tuple[str, bytes]] | None = None, partition: int | None = None
+             ) -> None:
+        extra = {} if partition is None else {"partition": partition}
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=headers,
-                                       on_delivery=self._delivered)
+                                       on_delivery=self._delivered, **extra)
                 return
             except BufferError:
                 self._producer.poll(0.05)
@@ -181,17 +215,13 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
         value_serializer="raw",
         key_serializer="raw",
     )
-    # A batch queues one changelog write per changed customer at once; faust's producer buffer
-    # warns and flushes piecemeal past 100 queued messages by default.
-    app.producer.buffer.max_messages = max(10_000, batch_size * 4)
     codec = make_codec(settings)  # registry ids when a registry is configured
     folds = PartitionFolds(rules)
     ledger = app.topic(settings.topics.ledger, key_type=bytes, value_type=bytes,
                        partitions=settings.topics.partitions)
     producer = DerivedProducer(settings)
-    state = app.tables.add(PartitionKeyedTable(
-        app, name=STATE_TABLE, default=None, partitions=settings.topics.partitions,
-        key_type=bytes, value_type=bytes))
+    create_changelog_topic(settings)
+    state_topic = changelog_topic(settings)
     restored: set[int] = set()
 
     def dead_letter(msg_key, value, reason: str, partition: int, offset: int) -> None:
@@ -235,35 +265,33 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
 
     async def send_and_persist(derived: list[dict[str, Any]], partitions) -> None:
         """Send ``derived`` until acknowledged (never giving up: the batch must not be acked
-        without them), then write the changed state of ``partitions`` to the table."""
+        without them), then the changed state of ``partitions`` to the changelog, likewise."""
         topic_for = settings.topics.for_derived
         encoded = [(topic_for(record["event_type"]),
-                    (record["customer_id"] or record["city"]).encode(), codec.encode(record))
-                   for record in derived]
+                    (record["customer_id"] or record["city"]).encode(), codec.encode(record),
+                    None) for record in derived]
+        await deliver(encoded, "derived events")
+        await deliver([(state_topic, key.encode(), value, partition)
+                       for partition, key, value in state_records(folds, partitions)],
+                      "state")
+
+    async def deliver(messages: list[tuple[str, bytes, bytes, int | None]], what: str) -> None:
         attempt = 0
         while True:
-            for topic, key, value in encoded:
-                producer.send(topic, key, value)
+            for topic, key, value, partition in messages:
+                producer.send(topic, key, value, partition=partition)
             try:
                 await producer.settle()
                 break
             except NotAcknowledged as exc:
                 attempt += 1
                 delay = backoff(attempt)
-                log.error("derived events not acknowledged; sending the batch again",
+                log.error(f"{what} not acknowledged; sending the batch again",
                           attempt=attempt, retry_in_s=round(delay, 2), error=str(exc))
                 await asyncio.sleep(delay)
                 producer.reset()
         if attempt:
-            log.info("derived events acknowledged after retries", attempts=attempt + 1)
-        for key, value in folds.changed_state(partitions):
-            if value is not None:
-                state[key.encode()] = value
-            else:  # forgotten by the fold: its entry goes, with a tombstone in the changelog
-                try:
-                    del state[key.encode()]
-                except KeyError:
-                    pass
+            log.info(f"{what} acknowledged after retries", attempts=attempt + 1)
 
     async def advance_idle_clocks() -> None:
         """Live mode: an idle partition's clock follows wall time less the allowed lateness,
@@ -284,10 +312,10 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
         app.timer(interval=live_clock_interval)(advance_idle_clocks)
 
     async def recover(partition: int, first_offset: int) -> None:
-        """Rebuild a newly assigned partition's fold from the (recovered) table; if that state
-        is behind the first offset this worker is given, fold the gap from the ledger again."""
-        prefix = f"{partition}/".encode()
-        entries = [(k.decode(), v) for k, v in state.data.items() if k.startswith(prefix) and v]
+        """Rebuild a newly assigned partition's fold from the changelog; if that state is
+        behind the first offset this worker is given, fold the gap from the ledger again."""
+        loop = asyncio.get_running_loop()
+        entries = await loop.run_in_executor(None, read_state, settings, partition)
         fold = folds.restore(partition, entries)
         restored.add(partition)
         log.info("partition state restored", partition=partition, keys=len(entries),
@@ -298,7 +326,6 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
             return
         log.warning("state behind its input; folding the gap from the ledger again",
                     partition=partition, start=fold.position, end=first_offset)
-        loop = asyncio.get_running_loop()
         gap = await loop.run_in_executor(None, read_ledger_range, settings, partition,
                                          fold.position, first_offset)
         records = []

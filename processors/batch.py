@@ -69,7 +69,7 @@ class PartitionFolds:
         for key, value in entries:
             customer_id = key.split("/", 1)[1]
             plain = decode_state(value)
-            if plain is None:
+            if plain is None or plain.get("forgotten"):
                 continue  # a customer the fold forgot
             if customer_id == PARTITION_STATE_KEY:
                 partition_state = plain

@@ -1,23 +1,37 @@
-"""The processors' state as faust keeps it, written from outside faust.
+"""The processors' state on Kafka: a compacted changelog topic, written and read by the
+workers themselves.
 
-The workers keep each ledger partition's fold state in the faust table ``fold-state``, backed
-by the compacted topic ``<app>-fold-state-changelog`` (app: ``topics.processors_app``, by
-default ``cxledger-processors``): one record per key
-``"<partition>/<customer>"`` (``"<partition>/"`` for the partition's own state: clock, window
-partials), value the state as JSON bytes, on the changelog partition of the ledger partition.
-A worker assigned a partition rebuilds the table from that topic (processors.app).
+``<app>-fold-state-changelog`` (app: ``topics.processors_app``, by default
+``cxledger-processors``) holds one record per key ``"<partition>/<customer>"`` and
+``"<partition>/"`` (the partition's own state: clock, window partials, and ``position``, the
+ledger offset after the last message folded), on the changelog partition of the ledger
+partition, value the state as JSON. Every customer record carries ``pos``, the partition
+position of the batch that wrote it; a customer the fold forgot is a record
+``{"forgotten": true}``.
+
+Per batch a worker writes the changed customers first and the partition record last, each
+batch only after its derived events were acknowledged. A worker killed in the middle leaves a
+torn batch: customer records newer than the last partition record. ``read_state`` therefore
+reads the whole partition of the log, takes the last partition record (position P), and for
+each customer the last record with ``pos`` <= P: exactly the state at P, whatever was cut short,
+and whatever the broker reports as the end of the log (Tansu 0.6 reports the last batch's base
+offset + 1, so the log is read until it is exhausted, not up to that figure). The worker then
+skips input below P and folds again any input between P and where its consumer starts.
 
 The single-machine broker starts empty, so ``cxledger up`` folds the ledger in the store and
-writes the result here before any worker starts: ``seed_state``. Tansu 0.6 reports a
-partition's end offset as its last record batch's base offset + 1, and faust's recovery reads
-up to that end; each partition's own state is therefore written last and alone in its batch,
-which makes the reported end the true one.
+writes the result here (``seed_state``, position 0: the broker's ledger is empty) before any
+worker starts.
 """
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
+from typing import Any, Iterable
+
 import structlog
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cxledger.config import Settings
@@ -71,7 +85,7 @@ def seed_state(settings: Settings, folds: PartitionFolds, timeout: float = 60.0)
     for partition, fold in folds.folds.items():
         for customer_id in fold.customers:
             send(partition, state_key(partition, customer_id),
-                 encode_state(fold.customer_state(customer_id)))
+                 encode_state({**fold.customer_state(customer_id), "pos": 0}))
             written += 1
     _settle(producer, failures, timeout, topic)
     for partition, fold in folds.folds.items():  # last, one record per batch (see above)
@@ -88,3 +102,72 @@ def _settle(producer: Producer, failures: list[str], timeout: float, topic: str)
     if producer.flush(timeout) or failures:
         raise RuntimeError(f"could not write the processors' state to {topic}: "
                            f"{failures[:3] or 'not acknowledged in time'}")
+
+
+def state_records(folds: PartitionFolds, partitions: Iterable[int]
+                  ) -> list[tuple[int, str, bytes]]:
+    """(partition, key, value) of what changed in ``partitions`` since the last call: the
+    changed customers (with ``pos``), then each partition's own record; marks them clean."""
+    out: list[tuple[int, str, bytes]] = []
+    for partition in partitions:
+        fold = folds.folds[partition]
+        pos = fold.position
+        for customer_id in fold.dirty_customers():
+            plain = fold.customer_state(customer_id)
+            plain = {"forgotten": True} if plain is None else plain
+            out.append((partition, state_key(partition, customer_id),
+                        encode_state({**plain, "pos": pos})))
+        out.append((partition, state_key(partition, PARTITION_STATE_KEY),
+                    encode_state(fold.snapshot_partition())))
+        fold.clear_dirty()
+    return out
+
+
+def read_state(settings: Settings, partition: int, idle_s: float = 0.5,
+               timeout: float = 120.0) -> list[tuple[str, bytes]]:
+    """The consistent state of one ledger partition in the changelog (module docstring):
+    (key, value) of the partition record and of each customer as of its position."""
+    topic = changelog_topic(settings)
+    consumer = Consumer(settings.kafka_conf(**{
+        "group.id": f"{settings.topics.processors_app}-state-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False, "auto.offset.reset": "earliest",
+        "enable.partition.eof": True}))
+    versions: dict[str, list[tuple[int, bytes]]] = {}
+    partition_record: tuple[int, bytes] | None = None
+    try:
+        tp = TopicPartition(topic, partition, 0)
+        _, reported_end = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+        consumer.assign([tp])
+        deadline = time.monotonic() + timeout
+        last_seen, quiet_since, at_eof = -1, time.monotonic(), False
+        while True:
+            messages = consumer.consume(1000, timeout=0.1)
+            for msg in messages:
+                error = msg.error()
+                if error is not None:
+                    at_eof = at_eof or error.code() == KafkaError._PARTITION_EOF
+                    continue
+                last_seen, quiet_since = msg.offset(), time.monotonic()
+                key = msg.key().decode()
+                if key.endswith("/"):
+                    partition_record = (msg.offset(), msg.value())
+                elif msg.value() is not None:
+                    versions.setdefault(key, []).append(
+                        (json.loads(msg.value()).get("pos", 0), msg.value()))
+            done_reading = last_seen >= reported_end - 1 or reported_end == 0
+            if (done_reading or at_eof) and time.monotonic() - quiet_since >= idle_s:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not read {topic} partition {partition} within "
+                                   f"{timeout:.0f}s")
+    finally:
+        consumer.close()
+    if partition_record is None:
+        return []
+    position = json.loads(partition_record[1]).get("position")
+    entries = [(state_key(partition, PARTITION_STATE_KEY), partition_record[1])]
+    for key, history in versions.items():
+        usable = [value for pos, value in history if position is None or pos <= position]
+        if usable and not json.loads(usable[-1]).get("forgotten"):
+            entries.append((key, usable[-1]))
+    return entries
