@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@echo "installing into $(VENV) ..." >&2
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip >&2
-	@$(PY) -m pip install --quiet -e '.[dev]' >&2
+	@$(PY) -m pip install --quiet -e '.[dev,local]' >&2
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -380,6 +380,49 @@ def cmd_broker(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_db(args, settings: Settings) -> int:
+    """``cxledger db ddl | migrate | status``: the versioned ClickHouse schema (sinks.migrations)."""
+    import re
+
+    from processors.rules import load_rules
+    from sinks.clickhouse import StoreError, connect, view_params
+    from sinks.migrations import (MigrationError, Target, applied_migrations, ddl_script,
+                                  latest_version, migrate)
+
+    params = view_params(load_rules(settings.rules_path))
+    if args.db_command == "ddl":
+        if args.database is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.database):
+            raise SystemExit(f"cxledger: --database {args.database!r}: a plain identifier, please")
+        sys.stdout.write(ddl_script(Target(args.database, args.cluster), params))
+        return 0
+    settings = _on_store(args, settings)
+    dsn = args.dsn or (f"chdb://{settings.store.resolve()}" if args.store else settings.dsn)
+    try:
+        client = connect(dsn)
+        if args.db_command == "status":
+            applied = applied_migrations(client) or []
+            for a in applied:
+                print(f"{a.version:>4}  {a.name:<24} {a.how:<8} {a.applied_at}  {a.checksum[:12]}"
+                      + (f"  cluster {a.cluster}" if a.cluster else ""))
+            current = max((a.version for a in applied), default=0)
+            print(f"schema version {current}; this cxledger knows version {latest_version()}"
+                  + ("" if applied else " (no migrations recorded)"))
+            return 0 if current == latest_version() else 1
+        report = migrate(client, cluster=args.cluster, params=params)
+    except (MigrationError, StoreError) as exc:
+        raise SystemExit(f"cxledger: {exc}")
+    where = report.database + (f" on cluster {report.cluster}" if report.cluster else "")
+    if report.applied:
+        print(f"{where}: schema version {report.before} -> {report.after}"
+              + (" (existing tables adopted)" if report.adopted else ""))
+    else:
+        print(f"{where}: schema version {report.after}, up to date")
+    for version in report.checksum_mismatches:
+        print(f"warning: migration {version} as applied differs from this build's",
+              file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxledger", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (also CXLEDGER_CONFIG)")
@@ -503,6 +546,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "setting)")
     k.add_argument("--burst", type=int, help="events at once (default: the gateway's burst)")
     k.add_argument("--format", choices=["toml", "json"], default="toml")
+
+    p = sub.add_parser("db", help="the ClickHouse schema: render its DDL (one node or a "
+                       "cluster), apply the versioned migrations, show the recorded version")
+    dsub = p.add_subparsers(dest="db_command", required=True)
+    d = dsub.add_parser("ddl", help="print the DDL of the current schema (with its migration "
+                        "records) for one node or, with --cluster, replicated and distributed")
+    d.add_argument("--cluster", metavar="NAME", help="a cluster of <remote_servers>: Replicated "
+                   "tables, Distributed tables over them, ON CLUSTER")
+    d.add_argument("--database", metavar="DB", help="qualify every name with this database "
+                   "(with --cluster: default cx)")
+    for name, text in (("migrate", "apply the pending migrations (idempotent; refuses a schema "
+                        "newer than this build)"),
+                       ("status", "list the recorded migrations; exit 1 unless current")):
+        d = dsub.add_parser(name, help=text)
+        where = d.add_mutually_exclusive_group()
+        where.add_argument("--dsn", help="ClickHouse DSN (default CXLEDGER_CLICKHOUSE_DSN, else "
+                           "the embedded store)")
+        where.add_argument("--store", help="embedded store directory")
+        if name == "migrate":
+            d.add_argument("--cluster", metavar="NAME", help="migrate ON CLUSTER (recorded: "
+                           "later runs follow it)")
+    p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
     p.add_argument("--port", type=int)

@@ -8,12 +8,17 @@ go through the process that holds the client.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from importlib import resources
 from pathlib import Path
 
+from urllib.parse import unquote, urlsplit
+
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+
+from cxledger.config import redact_dsn
 
 DDL_FILES = ("ledger.sql", "derived.sql", "views.sql")
 
@@ -23,18 +28,36 @@ class StoreError(RuntimeError):
 
 
 def connect(dsn: str) -> Client:
-    if dsn.startswith("chdb://") and not dsn.startswith("chdb://memory"):
-        Path(dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+    if dsn.startswith("chdb://"):
+        if importlib.util.find_spec("chdb") is None:
+            raise StoreError(f"{dsn} is the embedded store, which needs chDB: install cxledger "
+                             "with the `local` extra (pip install 'cxledger[local]'), or set "
+                             "CXLEDGER_CLICKHOUSE_DSN to a ClickHouse server")
+        if not dsn.startswith("chdb://memory"):
+            Path(dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+    # clickhouse-connect does not read the scheme of an http(s) DSN: say it, or https:// would
+    # quietly speak plain HTTP
+    scheme = urlsplit(dsn).scheme
+    interface = {"interface": scheme} if scheme in ("http", "https") else {}
+    shown = redact_dsn(dsn)
     try:
-        return clickhouse_connect.get_client(dsn=dsn)
+        return clickhouse_connect.get_client(dsn=dsn, **interface)
     except Exception as exc:
-        if "Cannot lock file" in str(exc):
-            raise StoreError(f"the store {dsn} is in use by another process (one process owns a "
-                             "chDB directory); stop it, or query through it") from exc
-        if "already initialized with path" in str(exc):
+        reason = _hide_password(str(exc), dsn)
+        if "Cannot lock file" in reason:
+            raise StoreError(f"the store {shown} is in use by another process (one process owns a "
+                             "chDB directory); stop it, or query through it") from None
+        if "already initialized with path" in reason:
             raise StoreError(f"this process already has another embedded store open; chDB opens "
-                             f"one directory per process (wanted {dsn})") from exc
-        raise StoreError(f"cannot connect to ClickHouse at {dsn}: {exc}") from exc
+                             f"one directory per process (wanted {shown})") from None
+        raise StoreError(f"cannot connect to ClickHouse at {shown}: {reason}") from None
+
+
+def _hide_password(text: str, dsn: str) -> str:
+    password = urlsplit(dsn).password
+    for secret in {password, unquote(password or "")} - {None, ""}:
+        text = text.replace(secret, "***")
+    return text
 
 
 def statements(sql: str) -> list[str]:
@@ -49,8 +72,16 @@ def ddl_text(name: str) -> str:
 
 def create_tables(client: Client, params: dict[str, str] | None = None,
                   files: tuple[str, ...] = DDL_FILES) -> None:
-    """Create every table and view (idempotent). ``params`` fill ``{name}`` placeholders of
-    the view definitions (thresholds and bucket bounds from the rules file)."""
+    """Bring the schema to the newest migration (sinks.migrations.migrate: idempotent, refuses
+    a schema newer than this build, adopts a store made before migrations existed). ``params``
+    fill ``{name}`` placeholders of the view definitions (thresholds and bucket bounds from the
+    rules file). ``files``, when not all of DDL_FILES, runs just those files' statements,
+    unrecorded (a partial schema for tests)."""
+    if tuple(files) == DDL_FILES:
+        from sinks.migrations import migrate
+
+        migrate(client, params=params)
+        return
     params = {**view_params(), **(params or {})}
     for name in files:
         text = ddl_text(name)

@@ -1,4 +1,6 @@
--- Derived tables, written by the derived sink from the processors' topics.
+-- Derived tables, written by the derived sink from the processors' topics (migration 1, with
+-- ledger.sql and views.sql). Event tables are partitioned by month of event time; no TTL: they
+-- are small next to the ledger, and the record of what the rules decided.
 -- Every table is a ReplacingMergeTree whose sort key ends in event_id (or the aggregate's own
 -- key with a version), so redelivered events collapse; the views read them FINAL.
 
@@ -27,6 +29,9 @@ ORDER BY (city, occurred_at, event_id);
 
 -- One row per (window, start, city, channel, tier, ledger partition): the partition's partial
 -- aggregate; the highest version is current. satisfaction_windows sums the partitions.
+-- Partitioned by (window, month), so the 1-minute windows can be expired on their own. No TTL by
+-- default; to keep 90 days of the 1-minute windows (the daily ones stay), see deploy/PRODUCTION.md:
+--   ALTER TABLE satisfaction_window_partials MODIFY TTL toDateTime(window_start) + INTERVAL 90 DAY DELETE WHERE window = '1m'
 CREATE TABLE IF NOT EXISTS satisfaction_window_partials
 (
     window                      LowCardinality(String),

@@ -1,3 +1,11 @@
+-- Migration 1 of the ClickHouse schema (sinks/migrations.py; `cxledger db ddl` renders it for one
+-- node or, with --cluster, as Replicated tables under Distributed ones). Never edit an applied
+-- migration: a change is a new migration.
+--
+-- Partitioning: by month of event time, toYYYYMM(occurred_at). At 50 million events a day a
+-- month is ~1.5 billion rows: few partitions, big parts; queries by time range prune by month.
+-- TTL: none, and none to add. The ledger is the record: everything derived is recomputed from it.
+--
 -- The raw ledger: every interaction event, exactly as published, one row per event.
 -- ReplacingMergeTree on a key that ends in event_id: a redelivered event collapses into one row;
 -- query the `ledger` view (FINAL) to never see a not-yet-merged duplicate.

@@ -1,14 +1,18 @@
-"""Grafana dashboards, provisioning and deployment manifests, checked by what runs here.
+"""Grafana dashboards, alert rules and provisioning, checked by what runs here.
 
-The build machines have no Grafana, Apache Kafka, schema registry or Docker engine
-(shared/local-stack.md), so the deployment is checked through what can run:
+The build machines have no Grafana, Prometheus, Apache Kafka or Docker engine
+(shared/local-stack.md), so the dashboards are checked through what can run:
 
-* every dashboard JSON is well formed and every panel and variable uses the provisioned data
-  source (uid ``cxledger-clickhouse``);
-* every panel query and every template-variable query is expanded the way Grafana and the
-  grafana-clickhouse-datasource plugin expand it, for a fixed time range and several variable
-  selections, and executed on the real ClickHouse engine with the real schema (the session's
-  ``clickhouse`` fixture: chDB). Expansion happens in the plugin's order:
+* every dashboard JSON is well formed; every ClickHouse panel and variable uses the provisioned
+  ClickHouse data source (uid ``cxledger-clickhouse``), every Prometheus panel the provisioned
+  Prometheus (uid ``cxledger-prometheus``); every dashboard shows the business time zone
+  (Asia/Shanghai, the rules' ``windows.business_timezone``) rather than the browser's, and filters
+  by ``$tier`` wherever the data it reads has a tier;
+* every ClickHouse panel query and every template-variable query is expanded the way Grafana and
+  the grafana-clickhouse-datasource plugin (4.20.0, the version compose installs) expand it, for a
+  fixed time range and several variable selections, and executed on the real ClickHouse engine
+  with the real schema (the session's ``clickhouse`` fixture: chDB). Expansion happens in the
+  plugin's order:
 
   1. frontend, ``CHDatasource.applyTemplateVariables``: ``$__conditionalAll(condition, $var)``
      becomes ``1=1`` when the variable is "All" (or empty), else the condition (same argument
@@ -16,25 +20,34 @@ The build machines have no Grafana, Apache Kafka, schema registry or Docker engi
   2. frontend, Grafana's template service: ``$var``, ``${var}``, ``${var:format}``; without a
      format the plugin formats a multi-value as ``'a','b'`` and a single value as it is;
      "All" without an allValue becomes every option (query variables: the variable's own query);
-  3. backend, sqlds ``interpolate`` with the plugin's macro table (pkg/macros/macros.go): the
-     regex ``\\$__name\\b(?:\\((.*?)\\))?``, arguments split on commas and trimmed;
-     ``$__timeFilter(c)`` -> ``c >= toDateTime(from) AND c <= toDateTime(to)``,
-     ``$__fromTime``/``$__toTime`` -> ``toDateTime(epoch)``, ``$__timeInterval(c)`` ->
-     ``toStartOfInterval(toDateTime(c), INTERVAL n second)``, ``_ms`` variants with
-     ``fromUnixTimestamp64Milli``, ``$__dateFilter``, ``$__dateTimeFilter``/``$__dt``,
-     ``$__interval_s``.
+  3. backend, ``macros.Interpolate`` (pkg/macros/macros.go) on grafana/macropro: comments
+     (``--``, ``/* */``) are blanked first, string literals ('...' with '' and backslash
+     escapes, "...", backticks) respected; macro names are matched longest first and only as
+     whole names; an argument list is the balanced ``(...)`` after the name, split at top-level
+     commas and trimmed; a wrong argument count is an error. ``$__timeFilter(c)`` ->
+     ``c >= toDateTime(from) AND c <= toDateTime(to)``, ``$__fromTime``/``$__toTime`` ->
+     ``toDateTime(epoch)``, ``$__timeInterval(c)`` -> ``toStartOfInterval(toDateTime(c),
+     INTERVAL n second)``, the ``_ms`` variants with ``fromUnixTimestamp64Milli``,
+     ``$__dateFilter``, ``$__dateTimeFilter``/``$__dt``, ``$__timeFrom``/``$__timeTo``,
+     ``$__timeGroup``, ``$__interval_s``.
 
-  Anything left with a ``$`` afterwards is an unknown macro or variable and fails the test. A few
+  Anything left with a ``$`` afterwards is an unknown macro or variable and fails the test. Key
   panels are also checked on rows seeded for this module (removed again afterwards);
-* compose.yaml, the k8s manifests and the Dockerfile parse, run only commands that
-  ``cxledger.cli.build_parser()`` accepts (``process`` and ``gateway`` are allowed before they
-  exist), set only CXLEDGER_* variables that cxledger/config.py reads, and wire services,
-  secrets, mounts and the Grafana provisioning together consistently.
+* Prometheus panel and alert expressions parse with Prometheus' own PromQL grammar
+  (@prometheus-io/lezer-promql under node, tests/js_promql; skipped where npm cannot install it)
+  and use only the metric families and labels the services export: the gateway's from its own
+  registry (producers.gateway_metrics), the processors' and sinks'
+  ``cxledger_consumer_lag{group,topic,partition}`` and ``cxledger_dead_letters_total{reason,consumer}``;
+* the provisioned alert rules (provisioning/alerting) are well formed, refer to provisioned data
+  sources, and their ClickHouse queries run (backend expansion only: alert rules have no
+  template variables) and fire on seeded rows that should make them fire;
+* the data sources' provisioning agrees with compose and the ClickHouse users.
+
+Compose, the Kubernetes manifests and the Dockerfile are checked in test_deploy.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -49,22 +62,24 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from cxledger.cli import build_parser
-from cxledger.config import load_settings
+from tests.integration.deploy_helpers import (DEPLOY, ROOT, USERS_FILE, compose, load_yaml_docs,
+                                              resolved_compose)
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
 DASHBOARD_DIR = DEPLOY / "grafana" / "dashboards"
 DASHBOARD_FILES = sorted(DASHBOARD_DIR.glob("*.json"))
-DATASOURCE_FILE = DEPLOY / "grafana" / "provisioning" / "datasources" / "clickhouse.yaml"
+DATASOURCE_DIR = DEPLOY / "grafana" / "provisioning" / "datasources"
 DASHBOARD_PROVIDER_FILE = DEPLOY / "grafana" / "provisioning" / "dashboards" / "cxledger.yaml"
-COMPOSE_FILE = DEPLOY / "compose.yaml"
-K8S_DIR = DEPLOY / "k8s"
-GRAFANA_USERS_FILE = DEPLOY / "clickhouse" / "users.d" / "grafana.xml"
+ALERT_RULES_FILE = DEPLOY / "grafana" / "provisioning" / "alerting" / "cxledger.yaml"
 PLUGIN_ID = "grafana-clickhouse-datasource"
-FUTURE_COMMANDS = {"process", "gateway"}  # referenced by the deployment, may not be in the parser yet
+PLUGIN_VERSION = "4.20.0"
+EXPECTED_DASHBOARDS = {"churn-tiers.json", "complaints-sla.json", "satisfaction.json",
+                       "overview.json", "operations.json"}
+# tables and views whose rows carry a customer tier: a panel that filters them by city filters
+# them by $tier too
+TIERED = ("satisfaction_window_partials", "satisfaction_scores", "churn_risk_changes",
+          "churn_risk_current")
 
 # The fixed dashboard time range: six business-time-zone months (Asia/Shanghai), Oct 2024 - Mar 2025.
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -76,17 +91,22 @@ ALL = "$__all"
 
 # ------------------------------------------------------------------------------------------------
 # Loading
-def load_yaml_docs(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
-
-
 def load_dashboards() -> list[tuple[str, dict]]:
     return [(p.name, json.loads(p.read_text(encoding="utf-8"))) for p in DASHBOARD_FILES]
 
 
+def provisioned_datasources() -> dict[str, dict]:
+    """type -> the provisioned data source of that type."""
+    out = {}
+    for path in sorted(DATASOURCE_DIR.glob("*.yaml")):
+        for ds in load_yaml_docs(path)[0]["datasources"]:
+            assert ds["type"] not in out, f"two provisioned data sources of type {ds['type']}"
+            out[ds["type"]] = ds
+    return out
+
+
 def provisioned_datasource() -> dict:
-    (ds,) = load_yaml_docs(DATASOURCE_FILE)[0]["datasources"]
-    return ds
+    return provisioned_datasources()[PLUGIN_ID]
 
 
 def all_panels(panels: list[dict]) -> list[dict]:
@@ -100,6 +120,14 @@ def all_panels(panels: list[dict]) -> list[dict]:
 
 def query_panels(dashboard: dict) -> list[dict]:
     return [p for p in all_panels(dashboard["panels"]) if p.get("type") != "row"]
+
+
+def is_clickhouse(panel_or_target: dict) -> bool:
+    return (panel_or_target.get("datasource") or {}).get("type") == PLUGIN_ID
+
+
+def clickhouse_targets(panel: dict) -> list[dict]:
+    return [t for t in panel["targets"] if is_clickhouse(t)]
 
 
 def variable_sql(var: dict) -> str:
@@ -184,7 +212,96 @@ def replace_variables(sql: str, values: dict[str, Any], options: dict[str, list[
     return _TEMPLATE_VAR.sub(sub, sql)
 
 
-# Expansion, step 3 (backend): sqlds interpolate with the plugin's macros (pkg/macros/macros.go).
+# Expansion, step 3 (backend): macros.Interpolate of plugin 4.20.0 on grafana/macropro.
+def _scan_quoted(s: str, i: int) -> int:
+    """Index after the literal that starts at s[i] ('...', "..." or `...`): doubled quotes and
+    backslash escapes inside it (ClickHouse's C-style escapes) do not end it."""
+    quote = s[i]
+    j = i + 1
+    while j < len(s):
+        if s[j] == "\\" and quote != "`":
+            j += 2
+            continue
+        if s[j] == quote:
+            if j + 1 < len(s) and s[j + 1] == quote:
+                j += 2
+                continue
+            return j + 1
+        j += 1
+    return j
+
+
+def strip_comments(sql: str) -> str:
+    """macropro.StripComments(LineComment | BlockComment | quoting): comments become spaces."""
+    out, i = [], 0
+    while i < len(sql):
+        ch = sql[i]
+        if ch in "'\"`":
+            j = _scan_quoted(sql, i)
+            out.append(sql[i:j])
+            i = j
+        elif sql.startswith("--", i):
+            j = i
+            while j < len(sql) and sql[j] not in "\r\n":
+                j += 1
+            out.append(" " * (j - i))
+            i = j
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            j = len(sql) if end == -1 else end + 2
+            out.append(" " * (j - i))
+            i = j
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def _closing_paren(s: str) -> int:
+    depth, i = 0, 0
+    while i < len(s):
+        if s[i] in "'\"":
+            i = _scan_quoted(s, i)
+            continue
+        if s[i] == "(":
+            depth += 1
+        elif s[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
+def _split_args(raw: str) -> list[str]:
+    raw = raw.strip()
+    if not raw:
+        return []
+    args, depth, start, i = [], 0, 0, 0
+    while i < len(raw):
+        if raw[i] in "'\"":
+            i = _scan_quoted(raw, i)
+            continue
+        if raw[i] == "(":
+            depth += 1
+        elif raw[i] == ")":
+            assert depth > 0, f"unexpected ')' in macro arguments {raw!r}"
+            depth -= 1
+        elif raw[i] == "," and depth == 0:
+            args.append(raw[start:i].strip())
+            start = i + 1
+        i += 1
+    assert depth == 0, f"unbalanced parentheses in macro arguments {raw!r}"
+    return args + [raw[start:].strip()]
+
+
+def _go_duration_seconds(text: str) -> int:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    assert parts and "".join(a + u for a, u in parts) == text, f"not a Go duration: {text!r}"
+    return round(sum(float(a) * units[u] for a, u in parts))
+
+
 def expand_macros(sql: str, t_from: datetime, t_to: datetime, interval_s: int) -> str:
     def dt(t: datetime) -> str:
         return f"toDateTime({int(t.timestamp())})"
@@ -196,6 +313,8 @@ def expand_macros(sql: str, t_from: datetime, t_to: datetime, interval_s: int) -
         return f"toDate('{t.astimezone(timezone.utc):%Y-%m-%d}')"
 
     seconds = max(int(interval_s), 1)
+    date_time = lambda a: (f"({a[0]} >= {date(t_from)} AND {a[0]} <= {date(t_to)}) AND "  # noqa: E731
+                           f"({a[1]} >= {dt(t_from)} AND {a[1]} <= {dt(t_to)})")
     macros: dict[str, tuple[int | None, Callable[[list[str]], str]]] = {
         "fromTime": (None, lambda a: dt(t_from)),
         "toTime": (None, lambda a: dt(t_to)),
@@ -203,31 +322,50 @@ def expand_macros(sql: str, t_from: datetime, t_to: datetime, interval_s: int) -
         "toTime_ms": (None, lambda a: dt64(t_to)),
         "timeFilter": (1, lambda a: f"{a[0]} >= {dt(t_from)} AND {a[0]} <= {dt(t_to)}"),
         "timeFilter_ms": (1, lambda a: f"{a[0]} >= {dt64(t_from)} AND {a[0]} <= {dt64(t_to)}"),
+        "timeFrom": (1, lambda a: f"{a[0]} >= {dt(t_from)}"),
+        "timeTo": (1, lambda a: f"{a[0]} <= {dt(t_to)}"),
         "dateFilter": (1, lambda a: f"{a[0]} >= {date(t_from)} AND {a[0]} <= {date(t_to)}"),
-        "dateTimeFilter": (2, lambda a: f"({a[0]} >= {date(t_from)} AND {a[0]} <= {date(t_to)}) AND "
-                                        f"({a[1]} >= {dt(t_from)} AND {a[1]} <= {dt(t_to)})"),
-        "dt": (2, lambda a: f"({a[0]} >= {date(t_from)} AND {a[0]} <= {date(t_to)}) AND "
-                            f"({a[1]} >= {dt(t_from)} AND {a[1]} <= {dt(t_to)})"),
+        "dateTimeFilter": (2, date_time),
+        "dt": (2, date_time),
         "timeInterval": (1, lambda a: f"toStartOfInterval(toDateTime({a[0]}), INTERVAL {seconds} second)"),
         "timeInterval_ms": (1, lambda a: f"toStartOfInterval(toDateTime64({a[0]}, 3), "
                                          f"INTERVAL {seconds * 1000} millisecond)"),
+        "timeGroup": (2, lambda a: f"toStartOfInterval(toDateTime({a[0]}), INTERVAL "
+                                   f"{_go_duration_seconds(a[1].strip(chr(39) + chr(34)))} second)"),
         "interval_s": (None, lambda a: str(seconds)),
     }
-    for name, (arity, render) in macros.items():
-        for m in list(re.finditer(r"\$__" + name + r"\b(?:\((.*?)\))?", sql)):
-            args = [a.strip() for a in (m.group(1) or "").split(",")]
+    sql = strip_comments(sql)
+    for name in sorted(macros, key=lambda n: (-len(n), n)):  # longest first
+        arity, render = macros[name]
+        token = "$__" + name
+        out, rest = [], sql
+        while (idx := rest.find(token)) != -1:
+            after = idx + len(token)
+            if after < len(rest) and (rest[after].isalnum() or rest[after] == "_"):
+                out.append(rest[:after])  # the prefix of a longer name
+                rest = rest[after:]
+                continue
+            out.append(rest[:idx])
+            rest = rest[after:]
+            raw = ""
+            if rest.startswith("("):
+                end = _closing_paren(rest)
+                if end != -1:
+                    raw, rest = rest[1:end], rest[end + 1:]
+            args = _split_args(raw)
             assert arity is None or len(args) == arity, (
-                f"$__{name} expects {arity} argument(s), got {args} in {m.group(0)!r}")
-            assert arity is None or all(args), f"empty argument in {m.group(0)!r}"
-            sql = sql.replace(m.group(0), render(args))
+                f"$__{name} expected {arity} argument(s), received {len(args)}: {args}")
+            out.append(render(args))
+        sql = "".join(out) + rest
     return sql
 
 
 def render_sql(sql: str, values: dict[str, Any], options: dict[str, list[str]],
-               all_values: dict[str, str | None]) -> str:
+               all_values: dict[str, str | None], t_from: datetime = TIME_FROM,
+               t_to: datetime = TIME_TO) -> str:
     out = apply_conditional_all(sql, values)
     out = replace_variables(out, values, options, all_values)
-    out = expand_macros(out, TIME_FROM, TIME_TO, INTERVAL_SECONDS)
+    out = expand_macros(out, t_from, t_to, INTERVAL_SECONDS)
     leftover = re.search(r"\$\{?\w*", out)
     assert leftover is None, (
         f"unexpanded macro or unknown variable {leftover.group(0)!r} after expansion:\n{out}")
@@ -254,19 +392,31 @@ def test_expansion_follows_the_plugin():
     # the _ms macros are not mistaken for the plain ones
     assert render_sql("SELECT $__fromTime_ms", {}, {}, {}) == (
         f"SELECT fromUnixTimestamp64Milli({t0 * 1000})")
+    # macropro: balanced parentheses and quoted commas inside an argument, comments blanked
+    assert render_sql("SELECT 1 WHERE $__timeFilter(toDateTime(x, 'UTC'))", {}, {}, {}) == (
+        f"SELECT 1 WHERE toDateTime(x, 'UTC') >= toDateTime({t0}) AND toDateTime(x, 'UTC') <= toDateTime({t1})")
+    assert render_sql("SELECT 1 -- $__timeFilter(a)\n/* $__nope */", {}, {}, {}).split() == ["SELECT", "1"]
+    assert render_sql("SELECT $__timeGroup(ts, '5m')", {}, {}, {}) == (
+        "SELECT toStartOfInterval(toDateTime(ts), INTERVAL 300 second)")
     for bad in ("SELECT $__timeFiltr(ts)", "SELECT $cty", "SELECT ${city:nosuchformat}",
-                "SELECT $__timeFilter()", "SELECT $__conditionalAll(a = 1, $nope)"):
+                "SELECT $__timeFilter()", "SELECT $__timeFilter(a, b)",
+                "SELECT $__conditionalAll(a = 1, $nope)", "SELECT $__interval"):
         with pytest.raises(AssertionError):
             render_sql(bad, values, options, {})
 
 
 # ------------------------------------------------------------------------------------------------
 # Dashboard structure
-def test_every_dashboard_is_well_formed_and_uses_the_provisioned_datasource():
-    assert {"churn-tiers.json", "complaints-sla.json", "satisfaction.json"} <= {p.name for p in DASHBOARD_FILES}
-    ds = provisioned_datasource()
-    assert ds["type"] == PLUGIN_ID and ds["uid"]
-    expected_ds = {"type": PLUGIN_ID, "uid": ds["uid"]}
+def test_every_dashboard_is_well_formed_and_uses_the_provisioned_datasources():
+    from processors.rules import load_rules
+
+    business_tz = load_rules().windows.business_timezone
+    assert EXPECTED_DASHBOARDS <= {p.name for p in DASHBOARD_FILES}
+    sources = provisioned_datasources()
+    ds, prom = sources[PLUGIN_ID], sources["prometheus"]
+    assert ds["uid"] and prom["uid"]
+    expected = {PLUGIN_ID: {"type": PLUGIN_ID, "uid": ds["uid"]},
+                "prometheus": {"type": "prometheus", "uid": prom["uid"]}}
     uids = set()
     for name, board in load_dashboards():
         assert board.get("uid") and board.get("title"), name
@@ -274,6 +424,8 @@ def test_every_dashboard_is_well_formed_and_uses_the_provisioned_datasource():
         assert board["uid"] not in uids, f"{name}: duplicate uid {board['uid']}"
         uids.add(board["uid"])
         assert "id" not in board or board["id"] is None, f"{name}: provisioned dashboards carry no id"
+        assert board.get("timezone") == business_tz, (
+            f"{name}: shows {board.get('timezone')!r}, not the business time zone {business_tz}")
         panels = query_panels(board)
         assert panels, name
         ids = [p["id"] for p in all_panels(board["panels"])]
@@ -285,46 +437,65 @@ def test_every_dashboard_is_well_formed_and_uses_the_provisioned_datasource():
             assert panel.get("title"), where
             assert set(panel.get("gridPos", {})) >= {"h", "w", "x", "y"}, where
             assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24, where
-            assert panel.get("datasource") == expected_ds, where
+            assert panel.get("datasource") in expected.values(), where
             assert panel.get("targets"), where
             for target in panel["targets"]:
-                assert target.get("datasource") == expected_ds, where
+                assert target.get("datasource") == panel["datasource"], where
+                assert target.get("refId"), where
+                if not is_clickhouse(target):
+                    assert target.get("expr"), f"{where}: a Prometheus target without expr"
+                    continue
                 assert target.get("editorType") == "sql", where
                 assert target.get("format") in (0, 1), where  # 0 time series, 1 table
-                assert target.get("refId"), where
                 sql = target.get("rawSql", "")
                 assert re.match(r"\s*(SELECT|WITH)\b", sql, re.I), f"{where}: not a SELECT"
                 assert ";" not in sql, f"{where}: one statement per query"
+                if "$city" in sql and any(re.search(rf"\b{t}\b", sql) for t in TIERED):
+                    assert "$tier" in sql, f"{where}: reads data with a tier but ignores $tier"
         for var in board.get("templating", {}).get("list", []):
             assert var.get("name"), name
             if var["type"] == "query":
-                assert var.get("datasource") == expected_ds, f"{name} / ${var['name']}"
+                assert var.get("datasource") == expected[PLUGIN_ID], f"{name} / ${var['name']}"
                 assert variable_sql(var).strip(), f"{name} / ${var['name']}: empty query"
         # every variable is used by some panel, every panel variable is defined (render fails)
-        text = json.dumps([t["rawSql"] for p in panels for t in p["targets"]])
+        text = json.dumps([t.get("rawSql") or t.get("expr") for p in panels for t in p["targets"]])
         for var in board.get("templating", {}).get("list", []):
             assert re.search(r"\$\{?" + var["name"] + r"\b", text), f"{name}: ${var['name']} is unused"
+        names = {v["name"] for v in board.get("templating", {}).get("list", [])}
+        if any(re.search(rf"\b{t}\b", text) for t in TIERED[:2]):
+            assert {"city", "channel", "tier"} <= names, f"{name}: city, channel and tier pickers"
+        if "$tz" in text or "${tz}" in text:
+            (tz,) = [v for v in board["templating"]["list"] if v["name"] == "tz"]
+            assert tz["type"] == "constant" and tz["query"] == business_tz, name
 
 
 def _steps(panel: dict) -> list:
     return [s["value"] for s in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
 
 
-def test_satisfaction_thresholds_and_time_zone_follow_the_rules():
+@pytest.mark.parametrize("dashboard, titles", [
+    ("satisfaction.json", ("Composite satisfaction", "City heat map: daily composite", "Top 5 cities",
+                           "Bottom 3 cities", "6-month trend per city",
+                           "Satisfaction alerts (daily composite below 80)")),
+    ("overview.json", ("Composite satisfaction", "Satisfaction by city", "Top 5 cities",
+                       "Bottom 3 cities", "Composite by city, daily")),
+])
+def test_satisfaction_thresholds_follow_the_rules(dashboard, titles):
     from processors.rules import load_rules
 
-    rules = load_rules()
-    sat = rules.satisfaction
+    sat = load_rules().satisfaction
     expected = [None, sat.red_below, sat.recovery_target, sat.national_target]
-    board = dict(load_dashboards())["satisfaction.json"]
+    board = dict(load_dashboards())[dashboard]
     panels = {p["title"]: p for p in query_panels(board)}
-    for title in ("Composite satisfaction", "City heat map: daily composite", "Top 5 cities",
-                  "Bottom 3 cities", "6-month trend per city", "Satisfaction alerts (daily composite below 80)"):
-        assert title in panels, f"satisfaction dashboard lost the panel {title!r}"
+    for title in titles:
+        assert title in panels, f"{dashboard} lost the panel {title!r}"
         assert _steps(panels[title]) == expected, title
         assert panels[title]["fieldConfig"]["defaults"]["thresholds"]["steps"][0]["color"] == "red", title
-    (tz,) = [v for v in board["templating"]["list"] if v["name"] == "tz"]
-    assert tz["type"] == "constant" and tz["query"] == rules.windows.business_timezone
+    # the 80 / 88 / 90 lines are drawn on the per-city charts
+    for title in ("Satisfaction by city", "Composite by city, daily"):
+        if title in panels:
+            style = panels[title]["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"]
+            assert style in ("line", "dashed", "line+area", "dashed+area"), title
 
 
 # ------------------------------------------------------------------------------------------------
@@ -472,7 +643,7 @@ def run_panels(board: dict, client, selection: str) -> tuple[dict[str, Any], dic
     values, options, all_values = variable_state(board, client, selection)
     results = {}
     for panel in query_panels(board):
-        for target in panel["targets"]:
+        for target in clickhouse_targets(panel):  # Prometheus targets: test_prometheus_*
             where = f"{board['uid']} / {panel['title']!r} / {target['refId']} ({selection})"
             sql = render_sql(target["rawSql"], values, options, all_values)
             try:
@@ -494,7 +665,7 @@ def run_panels(board: dict, client, selection: str) -> tuple[dict[str, Any], dic
 def test_every_panel_query_runs_on_clickhouse(seeded, dashboard, selection):
     board = dict(load_dashboards())[dashboard]
     results, options = run_panels(board, seeded, selection)
-    assert len(results) == len(query_panels(board))
+    assert len(results) == len([p for p in query_panels(board) if clickhouse_targets(p)])
     city_vars = [v for v in board["templating"]["list"] if v["name"] == "city"]
     for var in city_vars:  # the city picker offers the cities of the tables the panels read
         assert set(CITIES[:2]) <= set(options["city"]), f"{dashboard}: $city does not list seeded cities"
@@ -543,6 +714,45 @@ def test_panels_compute_the_expected_values_on_seeded_rows(seeded):
     assert rows(churn["Tier downgrades"])[0]["changes"] == 0
 
 
+def test_overview_and_operations_compute_the_expected_values_on_seeded_rows(seeded):
+    boards = dict(load_dashboards())
+    ov, _ = run_panels(boards["overview.json"], seeded, "seeded")
+    by_score = sorted(zip(SCORES, CITIES), reverse=True)
+    assert [r["city"] for r in rows(ov["Satisfaction by city"])] == [c for _, c in by_score]
+    assert [r["city"] for r in rows(ov["Top 5 cities"])] == [c for _, c in by_score[:5]]
+    assert [r["city"] for r in rows(ov["Bottom 3 cities"])] == [c for _, c in by_score[::-1][:3]]
+    # every city gains 0.25 on average over the six months: 89.7 stays below 90, 78.5 below 80
+    assert rows(ov["Cities below 80"])[0]["cities"] == 1
+    assert rows(ov["Cities at or above 90"])[0]["cities"] == 4
+    dims = {r["dimension"]: r for r in rows(ov["The four dimensions, month over month"])}
+    assert set(dims) == {"Response speed", "Resolution efficiency", "Attitude", "Follow-up"}
+    assert all(r["mom_delta"] == pytest.approx(0.1) for r in dims.values())
+    assert rows(ov["NPS"])[0]["nps"] == pytest.approx(40.0)  # (6 - 2) promoters-detractors of 10
+    assert {r["nps"] for r in rows(ov["NPS by city"])} == {40.0}
+
+    ops, _ = run_panels(boards["operations.json"], seeded, "seeded")
+    assert rows(ops["Complaints filed"])[0]["complaints"] == 3
+    volume = {(r["channel"], r["category"]): (r["complaints"], r["channel_contacts"])
+              for r in rows(ops["Volume by channel and category"])}
+    phone_contacts = 50 * len(SEED_DAYS) * len(CITIES)
+    assert volume == {("phone", "logistics"): (1, phone_contacts), ("phone", "billing"): (1, phone_contacts),
+                      ("wechat", "logistics"): (1, 0)}
+    assert {r["table"] for r in rows(ops["Freshness by table"])} >= {"ledger_events", "deadletter_events"}
+
+
+def test_a_tier_selection_changes_what_the_satisfaction_panels_show(seeded):
+    """$tier reaches the panels: the seeded rows are all gold, so silver shows nothing."""
+    board = dict(load_dashboards())["overview.json"]
+    original = SELECTIONS["seeded"]
+    try:
+        SELECTIONS["silver"] = lambda var: "silver" if var["name"] == "tier" else original(var)
+        results, _ = run_panels(board, seeded, "silver")
+    finally:
+        SELECTIONS.pop("silver")
+    assert rows(results["Top 5 cities"]) == []
+    assert rows(results["Survey responses"])[0]["responses"] == 0
+
+
 def test_a_broken_panel_query_fails_the_check(seeded):
     """The check above can fail: a misspelt column in a panel is caught."""
     board = dict(load_dashboards())["satisfaction.json"]
@@ -554,60 +764,266 @@ def test_a_broken_panel_query_fails_the_check(seeded):
 
 
 # ------------------------------------------------------------------------------------------------
-# Grafana provisioning and ClickHouse users
-def compose() -> dict:
-    return load_yaml_docs(COMPOSE_FILE)[0]
+# Prometheus expressions: only metrics and labels the services export
+def exported_metrics() -> dict[str, set[str]]:
+    """Sample name -> label names, of what the services export (or will: issue 9 item 2)."""
+    from producers.gateway_metrics import GatewayMetrics
+
+    samples: dict[str, set[str]] = {
+        # processors and sinks (CXLEDGER_METRICS_PORT): names fixed by the operations brief
+        "cxledger_consumer_lag": {"group", "topic", "partition"},
+        "cxledger_dead_letters_total": {"reason", "consumer"},
+    }
+    metrics = GatewayMetrics(lambda: 0.0)
+    metrics.event("contact.completed", "k", "accepted")
+    metrics.request("/v1/events", 200, 0.01)
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            samples.setdefault(sample.name, set()).update(sample.labels)
+    return samples
 
 
-def _interpolate(value: Any, env: dict[str, str]) -> Any:
-    """docker compose variable interpolation: ${V}, ${V:-default}, ${V-default}, ${V:?err}, $$."""
-    if isinstance(value, dict):
-        return {k: _interpolate(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(v, env) for v in value]
-    if not isinstance(value, str):
-        return value
-
-    def sub(m: re.Match) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name, op, arg = m.group(1) or m.group(4), m.group(2), m.group(3)
-        if name in env:
-            return env[name]
-        if op in (":-", "-"):
-            return arg
-        if op in (":?", "?"):
-            return f"test-{name.lower()}"  # a required secret: the test supplies one
-        raise AssertionError(f"compose variable ${name} has no default and is not required")
-
-    return re.sub(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)", sub, value)
+PROMQL_FUNCTIONS = {"sum", "max", "min", "avg", "count", "rate", "increase", "irate", "by",
+                    "without", "histogram_quantile", "topk", "bottomk", "clamp_min", "abs",
+                    "delta", "deriv", "time", "le", "on", "ignoring", "offset", "and", "or",
+                    "unless", "bool", "max_over_time", "avg_over_time", "absent"}
 
 
-def resolved_compose() -> dict:
-    return _interpolate(compose(), {})
+def check_promql(expr: str, where: str, samples: dict[str, set[str]]) -> None:
+    """A light PromQL check (no parser is installable here): balanced brackets, known metrics,
+    and grouping/matching labels those metrics carry. Grafana's $__rate_interval and $__range
+    are allowed inside range selectors."""
+    depth = {"(": 0, "[": 0, "{": 0}
+    pairs = {")": "(", "]": "[", "}": "{"}
+    for ch in expr:
+        if ch in depth:
+            depth[ch] += 1
+        elif ch in pairs:
+            depth[pairs[ch]] -= 1
+            assert depth[pairs[ch]] >= 0, f"{where}: unbalanced {ch!r} in {expr!r}"
+    assert not any(depth.values()), f"{where}: unbalanced brackets in {expr!r}"
+    for rng in re.findall(r"\[([^\]]+)\]", expr):
+        assert re.fullmatch(r"\d+[smhdwy]|\$__rate_interval|\$__range|\$__interval", rng), (
+            f"{where}: range {rng!r}")
+    without_strings = re.sub(r'"[^"]*"', '""', expr)
+    without_ranges = re.sub(r"\[[^\]]*\]", "", without_strings)
+    names = set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\b", without_ranges))
+    metrics = {n for n in names if n.startswith(("cxledger_", "process_"))}
+    assert metrics, f"{where}: uses no cxledger metric: {expr!r}"
+    unknown = metrics - set(samples)
+    assert not unknown, f"{where}: {sorted(unknown)} not exported (have {sorted(samples)})"
+    labels = set().union(*(samples[m] for m in metrics)) | {"le", "__name__", "job", "instance", "pod"}
+    used = set()
+    for group in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", without_ranges):
+        used |= {g.strip() for g in group.split(",") if g.strip()}
+    for matchers in re.findall(r"\{([^}]*)\}", without_ranges):
+        used |= set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
+    assert used <= labels, f"{where}: labels {sorted(used - labels)} not on {sorted(metrics)}"
+    leftover = names - metrics - PROMQL_FUNCTIONS - used - {"__rate_interval", "__range", "__interval"}
+    assert not {n for n in leftover if not re.fullmatch(r"\d.*|[a-z]", n)}, (
+        f"{where}: unknown identifiers {sorted(leftover)} in {expr!r}")
 
 
+def prometheus_expressions() -> list[tuple[str, str]]:
+    out = []
+    for name, board in load_dashboards():
+        for panel in query_panels(board):
+            for target in panel["targets"]:
+                if not is_clickhouse(target):
+                    out.append((f"{name} / {panel['title']!r}", target["expr"]))
+    for rule in alert_rules():
+        for query in rule["data"]:
+            if query["datasourceUid"] == provisioned_datasources()["prometheus"]["uid"]:
+                out.append((f"alert {rule['uid']}", query["model"]["expr"]))
+    return out
+
+
+def test_prometheus_expressions_use_exported_metrics():
+    samples = exported_metrics()
+    exprs = prometheus_expressions()
+    used = " ".join(e for _, e in exprs)
+    # the operations dashboard and the alerts watch lag, dead letters and the gateway
+    for metric in ("cxledger_consumer_lag", "cxledger_dead_letters_total", "cxledger_gateway_events_total"):
+        assert metric in used, f"nothing watches {metric}"
+    for where, expr in exprs:
+        check_promql(expr, where, samples)
+    for bad in ("sum(cxledger_consumer_lagg)", "sum by (city) (cxledger_consumer_lag)",
+                "sum(rate(cxledger_dead_letters_total[5m])", "rate(cxledger_dead_letters_total[$__foo])"):
+        with pytest.raises(AssertionError):
+            check_promql(bad, "t", samples)
+
+
+GRAFANA_PROMQL_VARIABLES = {"$__rate_interval": "1m", "$__range": "86400s", "$__interval": "15s"}
+
+
+def test_prometheus_expressions_parse_with_the_promql_grammar(tmp_path):
+    """Prometheus' own PromQL grammar (@prometheus-io/lezer-promql, tests/js_promql) parses every
+    expression once Grafana has put in its range variables, and finds only exported metrics."""
+    npm, node = shutil.which("npm"), shutil.which("node")
+    if not (npm and node):
+        pytest.skip("node and npm are needed for Prometheus' PromQL grammar")
+    work = tmp_path / "promql"
+    shutil.copytree(ROOT / "tests" / "js_promql", work, ignore=shutil.ignore_patterns("node_modules"))
+    try:
+        installed = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error",
+                                    "--prefer-offline"], cwd=work, capture_output=True, text=True,
+                                   timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.skip("npm install of @prometheus-io/lezer-promql took over 120 s")
+    if installed.returncode != 0:
+        pytest.skip(f"npm could not install @prometheus-io/lezer-promql: {installed.stderr.strip()[-300:]}")
+    exprs = prometheus_expressions()
+    texts = []
+    for _, expr in exprs:
+        for name, value in GRAFANA_PROMQL_VARIABLES.items():
+            expr = expr.replace(name, value)
+        texts.append(expr)
+    broken = "sum by (group) (rate(cxledger_consumer_lag[5m])"
+    parsed = subprocess.run([node, "parse.mjs"], cwd=work, input=json.dumps(texts + [broken]),
+                            capture_output=True, text=True, timeout=60)
+    assert parsed.returncode == 0, parsed.stderr
+    results = json.loads(parsed.stdout)
+    samples = exported_metrics()
+    for (where, _), result in zip(exprs, results):
+        assert not result["errors"], f"{where}: PromQL syntax error at {result['errors']} in {result['expr']!r}"
+        assert result["metrics"] and set(result["metrics"]) <= set(samples), (where, result["metrics"])
+    assert results[-1]["errors"], "the grammar check can fail"
+
+
+def test_operations_dashboard_has_the_pipeline_health_panels():
+    board = dict(load_dashboards())["operations.json"]
+    panels = {p["title"]: p for p in query_panels(board)}
+    text = {t: json.dumps(p["targets"]) for t, p in panels.items()}
+    assert any("cxledger_consumer_lag" in s and "partition" in s for s in text.values()), "lag per partition"
+    assert any("cxledger_dead_letters_total" in s and "reason" in s for s in text.values()), "dead letters by reason"
+    assert any("ingested_at" in s for s in text.values()) and "Freshness by table" in panels, "freshness"
+    for needed in ("Events by channel", "Complaints by category", "AI-handled share over time"):
+        assert needed in panels, needed
+
+
+# ------------------------------------------------------------------------------------------------
+# Alert rules
+def alert_rules() -> list[dict]:
+    doc = load_yaml_docs(ALERT_RULES_FILE)[0]
+    assert doc["apiVersion"] == 1
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def test_alert_rules_are_well_formed():
+    doc = load_yaml_docs(ALERT_RULES_FILE)[0]
+    (provider,) = load_yaml_docs(DASHBOARD_PROVIDER_FILE)[0]["providers"]
+    sources = {ds["uid"] for ds in provisioned_datasources().values()} | {"__expr__"}
+    for group in doc["groups"]:
+        assert group["folder"] == provider["folder"] and re.fullmatch(r"\d+[smh]", group["interval"])
+    rules = alert_rules()
+    uids = [r["uid"] for r in rules]
+    assert len(uids) == len(set(uids)) and all(len(u) <= 40 for u in uids)
+    assert {"cxledger-sla-breaches", "cxledger-satisfaction-red-line", "cxledger-dead-letter-growth",
+            "cxledger-consumer-lag"} <= set(uids)
+    for rule in rules:
+        refs = {q["refId"]: q for q in rule["data"]}
+        assert rule["condition"] in refs, rule["uid"]
+        assert rule["noDataState"] in ("OK", "NoData", "Alerting", "KeepLast")
+        assert rule["execErrState"] in ("OK", "Error", "Alerting", "KeepLast")
+        assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["uid"]
+        assert rule["annotations"].get("summary") and rule["labels"].get("severity")
+        for query in rule["data"]:
+            assert query["datasourceUid"] in sources, f"{rule['uid']}: {query['datasourceUid']}"
+            assert query["model"]["refId"] == query["refId"]
+            if query["datasourceUid"] == "__expr__":
+                assert query["model"]["expression"] in refs, f"{rule['uid']}: {query['model']['expression']}"
+                assert query["model"]["type"] in ("reduce", "threshold", "math", "classic_conditions")
+            else:
+                assert query["relativeTimeRange"]["from"] > query["relativeTimeRange"]["to"] >= 0
+                assert query["model"]["datasource"]["uid"] == query["datasourceUid"]
+
+
+def _alert_sql(rule: dict) -> tuple[str, datetime, datetime]:
+    (query,) = [q for q in rule["data"] if q["datasourceUid"] == provisioned_datasource()["uid"]]
+    sql = query["model"]["rawSql"]
+    assert "$__conditionalAll" not in sql, f"{rule['uid']}: a frontend macro; alert rules run in the backend"
+    now = datetime.now(timezone.utc)
+    t_from = now - timedelta(seconds=query["relativeTimeRange"]["from"])
+    t_to = now - timedelta(seconds=query["relativeTimeRange"]["to"])
+    return render_sql(sql, {}, {}, {}, t_from, t_to), t_from, t_to
+
+
+def _threshold(rule: dict) -> tuple[str, float]:
+    refs = {q["refId"]: q["model"] for q in rule["data"]}
+    cond = refs[rule["condition"]]
+    assert cond["type"] == "threshold"
+    evaluator = cond["conditions"][0]["evaluator"]
+    return evaluator["type"], float(evaluator["params"][0])
+
+
+def _fires(rule: dict, value: float) -> bool:
+    kind, limit = _threshold(rule)
+    return {"gt": value > limit, "lt": value < limit}[kind]
+
+
+def test_clickhouse_alert_rules_run_and_fire_on_rows_that_should_fire_them(seeded):
+    from processors.rules import load_rules
+
+    rules = {r["uid"]: r for r in alert_rules()}
+    city = f"{PREFIX}alert"
+    now = datetime.now(timezone.utc)
+    today = datetime.now(SHANGHAI).replace(hour=0, minute=0, second=0, microsecond=0)
+    red = float(load_rules().satisfaction.red_below)
+    minimum = int(load_rules().satisfaction.alert_min_responses)
+    breach_cols = ["event_id", "complaint_id", "customer_id", "city", "channel", "sla", "deadline",
+                   "escalated_to_level", "severity", "category", "occurred_at", "rules_version"]
+    seeded.insert("complaint_sla_breaches", [
+        [_uuid(), f"{PREFIX}-al{i}", f"{PREFIX}-cu-al", city, "phone", "resolution", _ms(now),
+         1, "normal", "billing", _ms(now - timedelta(minutes=i + 1)), "test"] for i in range(11)],
+        column_names=breach_cols)
+    seeded.insert("satisfaction_window_partials", [
+        ["1d", _ms(today), city, "phone", "gold", 0, 1, minimum, (red - 5) * minimum, minimum,
+         [0] * 11, "test"]],
+        column_names=["window", "window_start", "city", "channel", "tier", "source_partition",
+                      "version", "surveys", "composite_sum", "composite_count",
+                      "first_response_buckets", "rules_version"])
+    for uid in ("cxledger-sla-breaches", "cxledger-satisfaction-red-line"):
+        sql, _, _ = _alert_sql(rules[uid])
+        try:
+            result = seeded.query(sql)
+        except Exception as exc:
+            raise AssertionError(f"alert {uid} fails on ClickHouse: {exc}\n{sql}") from None
+        values = {r[0]: r[-1] for r in result.result_rows}  # the label column, then the value
+        assert city in values, f"alert {uid} does not see the seeded city: {values}"
+        assert _fires(rules[uid], float(values[city])), (uid, values[city], _threshold(rules[uid]))
+        # and a city with nothing wrong does not fire
+        assert not any(_fires(rules[uid], float(v)) for c, v in values.items()
+                       if c.startswith(PREFIX) and c != city), values
+
+
+# ------------------------------------------------------------------------------------------------
+# Grafana provisioning and the ClickHouse users
 def test_grafana_provisioning_matches_compose_and_clickhouse_users():
     ds = provisioned_datasource()
+    prom = provisioned_datasources()["prometheus"]
     services = resolved_compose()["services"]
     grafana, clickhouse = services["grafana"], services["clickhouse"]
     genv, cenv = grafana["environment"], clickhouse["environment"]
-    assert any(PLUGIN_ID in str(genv.get(k, "")) for k in
-               ("GF_PLUGINS_PREINSTALL_SYNC", "GF_PLUGINS_PREINSTALL", "GF_INSTALL_PLUGINS"))
-    assert grafana["image"].startswith("grafana/grafana-oss")
-    # the data source's ${VARS} are set in Grafana's environment and point at the compose services
+    plugins = " ".join(str(genv.get(k, "")) for k in
+                       ("GF_PLUGINS_PREINSTALL_SYNC", "GF_PLUGINS_PREINSTALL", "GF_INSTALL_PLUGINS"))
+    assert f"{PLUGIN_ID}@{PLUGIN_VERSION}" in plugins, f"the plugin is not pinned to {PLUGIN_VERSION}: {plugins!r}"
+    assert re.fullmatch(r"grafana/grafana-oss:\d+\.\d+\.\d+", grafana["image"]), grafana["image"]
+    # the data sources' ${VARS} are set in Grafana's environment and point at the compose services
     json_data = ds["jsonData"]
-    for ref in re.findall(r"\$\{?(\w+)\}?", json.dumps(ds)):
-        assert ref in genv, f"datasource provisioning uses ${ref}, not set for the grafana service"
+    for source in (ds, prom):
+        for ref in re.findall(r"\$\{?(\w+)\}?", json.dumps(source)):
+            assert ref in genv, f"datasource provisioning uses ${ref}, not set for the grafana service"
     host = re.sub(r"\$\{?(\w+)\}?", lambda m: genv[m.group(1)], json_data["host"])
     assert host in services and host == "clickhouse"
+    prom_url = re.sub(r"\$\{?(\w+)\}?", lambda m: genv[m.group(1)], prom["url"])
+    assert re.match(r"http://([^:/]+)", prom_url).group(1) in services
     assert json_data["protocol"] in ("native", "http")
     assert json_data["port"] == (9000 if json_data["protocol"] == "native" else 8123)
     assert json_data["defaultDatabase"] == cenv["CLICKHOUSE_DB"] == "cx"
     # the read-only user the data source logs in as
-    users = ET.parse(GRAFANA_USERS_FILE).getroot()
+    users = ET.parse(USERS_FILE).getroot()
     user = users.find(f"users/{json_data['username']}")
-    assert user is not None, f"no ClickHouse user {json_data['username']!r} in {GRAFANA_USERS_FILE.name}"
+    assert user is not None, f"no ClickHouse user {json_data['username']!r} in {USERS_FILE.name}"
     password_env = user.find("password").get("from_env")
     assert password_env in cenv, "the grafana user's password variable is not set for clickhouse"
     pw_ref = re.fullmatch(r"\$\{?(\w+)\}?", ds["secureJsonData"]["password"]).group(1)
@@ -617,6 +1033,7 @@ def test_grafana_provisioning_matches_compose_and_clickhouse_users():
     assert profile is not None and profile.findtext("readonly") in ("1", "2")
     if profile.findtext("readonly") == "1":  # the plugin sets max_execution_time on each query
         assert profile.find("constraints/max_execution_time/changeable_in_readonly") is not None
+        assert float(profile.findtext("constraints/max_execution_time/max")) >= json_data["queryTimeout"]
     grants = [q.text.strip() for q in user.findall("grants/query")]
     assert grants and all(re.fullmatch(r"GRANT SELECT ON cx\.\*", g) for g in grants), grants
     # ClickHouse config snippets are mounted, and exist
@@ -630,243 +1047,8 @@ def test_grafana_provisioning_matches_compose_and_clickhouse_users():
     mounts = dict(v.split(":")[:2] for v in grafana["volumes"])
     assert mounts.get("./grafana/dashboards") == provider["options"]["path"]
     assert mounts.get("./grafana/provisioning") == "/etc/grafana/provisioning"
+    assert ALERT_RULES_FILE.is_relative_to(DEPLOY / "grafana" / "provisioning")
     home = genv.get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
     if home:
         assert home.startswith(provider["options"]["path"] + "/")
         assert (DASHBOARD_DIR / Path(home).name).exists()
-
-
-# ------------------------------------------------------------------------------------------------
-# cxledger commands and settings in compose and k8s
-def known_env_vars() -> set[str]:
-    text = (ROOT / "cxledger" / "config.py").read_text(encoding="utf-8")
-    names = set(re.findall(r'"(CXLEDGER_[A-Z_]+)"', text))
-    assert {"CXLEDGER_KAFKA_BOOTSTRAP", "CXLEDGER_CLICKHOUSE_DSN"} <= names
-    return names
-
-
-def check_cxledger_args(args: list[str], where: str) -> str:
-    """The subcommand of a cxledger invocation, after checking build_parser() accepts it."""
-    assert args and all(isinstance(a, str) for a in args), f"{where}: args must be strings: {args}"
-    parser = build_parser()
-    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    command = next((a for a in args if not a.startswith("-")), None)
-    if command in FUTURE_COMMANDS and command not in sub.choices:
-        return command  # will exist; nothing to check it against yet
-    assert command in sub.choices, f"{where}: `cxledger {' '.join(args)}`: no such command " \
-                                   f"(have {sorted(sub.choices)})"
-    try:
-        parser.parse_args(args)
-    except SystemExit:
-        raise AssertionError(f"{where}: `cxledger {' '.join(args)}` is rejected by cxledger's parser") from None
-    return command
-
-
-def test_check_cxledger_args_rejects_unknown_commands_and_flags():
-    assert check_cxledger_args(["topics", "create"], "t") == "topics"
-    assert check_cxledger_args(["gateway", "--port", "8080"], "t") == "gateway"
-    for bad in (["topic", "create"], ["topics", "creat"], ["sink", "--no-such-flag"]):
-        with pytest.raises(AssertionError):
-            check_cxledger_args(bad, "t")
-
-
-def check_settings(env: dict[str, str], command: str, where: str) -> None:
-    unknown = {k for k in env if k.startswith("CXLEDGER_")} - known_env_vars()
-    assert not unknown, f"{where}: unknown settings {sorted(unknown)} (cxledger/config.py reads none of them)"
-    settings = load_settings(environ=env)
-    if command in ("topics", "schemas", "process", "sink", "gateway", "publish", "simulate"):
-        assert settings.kafka_bootstrap, f"{where}: no Kafka bootstrap"
-    assert settings.schema_registry_url, f"{where}: every process must use the same schema ids (registry)"
-    if command in ("sink", "gateway"):
-        dsn = settings.clickhouse_dsn or ""
-        assert re.match(r"https?://[^/]+/\w+$", dsn), (
-            f"{where}: {command} needs a ClickHouse server DSN http(s)://user:pass@host:port/db, "
-            f"not the embedded store (got {dsn!r})")
-
-
-def test_compose_services_and_commands():
-    raw = compose()
-    data = resolved_compose()
-    services = data["services"]
-    assert {"kafka", "schema-registry", "clickhouse", "grafana", "topics-init", "schemas-init",
-            "processor", "sink", "gateway"} <= set(services)
-    kafka = services["kafka"]
-    assert kafka["image"].startswith("apache/kafka:")
-    assert set(kafka["environment"]["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
-    assert not any("ZOOKEEPER" in k for k in kafka["environment"])
-    assert services["schema-registry"]["image"].startswith("confluentinc/cp-schema-registry:")
-    assert services["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
-    cenv = services["clickhouse"]["environment"]
-    assert cenv["CLICKHOUSE_DB"] == "cx" and cenv["CLICKHOUSE_USER"] and cenv["CLICKHOUSE_PASSWORD"]
-    for name in ("kafka", "schema-registry", "clickhouse", "grafana", "gateway"):
-        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
-
-    commands = {}
-    cx_env = None
-    for name, svc in services.items():
-        if "cxledger" not in str(svc.get("image", "")) and "build" not in svc:
-            continue
-        assert svc["build"]["context"] == ".." and (COMPOSE_FILE.parent / ".." / svc["build"].get(
-            "dockerfile", "Dockerfile")).resolve().exists(), name
-        assert "entrypoint" not in svc, f"{name}: the image's entrypoint is cxledger"
-        commands[name] = check_cxledger_args(svc["command"], f"compose service {name}")
-        env = {k: str(v) for k, v in svc["environment"].items()}
-        check_settings(env, commands[name], f"compose service {name}")
-        cx_env = cx_env or env
-        assert env == cx_env, f"{name}: every cxledger service shares one set of settings"
-        # the endpoints are compose services
-        settings = load_settings(environ=env)
-        assert settings.kafka_bootstrap.split(":")[0] in services
-        assert re.match(r"https?://([^:/]+)", settings.schema_registry_url).group(1) in services
-        assert re.match(r"https?://(?:[^@/]*@)?([^:/]+)", settings.clickhouse_dsn).group(1) in services
-    assert commands == {"topics-init": "topics", "schemas-init": "schemas", "processor": "process",
-                        "sink": "sink", "gateway": "gateway"}
-    assert services["processor"]["deploy"]["replicas"] == 2
-    assert raw["services"]["gateway"]["command"] == ["gateway", "--port", "8080"]
-    # dependencies: existing services, valid conditions; init services complete before the workers
-    for name, svc in services.items():
-        for dep, spec in (svc.get("depends_on") or {}).items():
-            assert dep in services, f"{name} depends on unknown service {dep}"
-            cond = spec["condition"]
-            assert cond in ("service_started", "service_healthy", "service_completed_successfully")
-            if cond == "service_healthy":
-                assert services[dep].get("healthcheck"), f"{name} waits for {dep} to be healthy: no healthcheck"
-    for worker in ("processor", "sink", "gateway"):
-        deps = services[worker]["depends_on"]
-        assert deps["topics-init"]["condition"] == "service_completed_successfully", worker
-        assert deps["schemas-init"]["condition"] == "service_completed_successfully", worker
-    assert services["sink"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
-    assert services["topics-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
-    assert services["schemas-init"]["depends_on"]["schema-registry"]["condition"] == "service_healthy"
-    # named volumes are declared
-    for name, svc in services.items():
-        for volume in svc.get("volumes", []):
-            source = volume.split(":")[0]
-            if not source.startswith((".", "/")):
-                assert source in (data.get("volumes") or {}), f"{name}: undeclared volume {source}"
-
-
-def k8s_objects() -> list[dict]:
-    kustomization = load_yaml_docs(K8S_DIR / "kustomization.yaml")[0]
-    objects = []
-    for resource in kustomization["resources"]:
-        objects += load_yaml_docs(K8S_DIR / resource)
-    return objects
-
-
-def test_k8s_manifests(tmp_path):
-    kustomization = load_yaml_docs(K8S_DIR / "kustomization.yaml")[0]
-    files = {p.name for p in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"}
-    assert set(kustomization["resources"]) == files, "kustomization.yaml must list every manifest"
-    objects = k8s_objects()
-    by_kind: dict[str, dict[str, dict]] = {}
-    for obj in objects:
-        assert obj.get("apiVersion") and obj.get("kind") and obj["metadata"].get("name"), obj
-        by_kind.setdefault(obj["kind"], {})[obj["metadata"]["name"]] = obj
-    (namespace,) = by_kind["Namespace"]
-    assert kustomization["namespace"] == namespace
-    for obj in objects:
-        if obj["kind"] != "Namespace":
-            assert obj["metadata"].get("namespace") == namespace, obj["metadata"]["name"]
-    config_maps, secrets = by_kind["ConfigMap"], by_kind["Secret"]
-    secret_keys = {name: set(s.get("stringData", {})) | set(s.get("data", {})) for name, s in secrets.items()}
-    images = {i["name"] for i in kustomization.get("images", [])}
-
-    workloads = {**by_kind.get("Deployment", {}), **by_kind.get("Job", {})}
-    assert {"processor", "sink", "gateway"} <= set(by_kind["Deployment"])
-    assert by_kind["Deployment"]["processor"]["spec"]["replicas"] == 2
-    assert by_kind.get("Job"), "a Job creates the topics and registers the schemas"
-    commands: dict[str, str] = {}
-    for name, obj in workloads.items():
-        spec = obj["spec"]
-        pod = spec["template"]["spec"]
-        labels = spec["template"]["metadata"]["labels"]
-        if obj["kind"] == "Deployment":
-            assert spec["selector"]["matchLabels"].items() <= labels.items(), name
-        assert pod.get("securityContext", {}).get("runAsNonRoot") is True, name
-        volumes = {v["name"]: v for v in pod.get("volumes", [])}
-        for container in pod.get("initContainers", []) + pod["containers"]:
-            where = f"{obj['kind']} {name} / {container['name']}"
-            assert container["image"].split(":")[0] in images, f"{where}: image not managed by kustomization"
-            assert "command" not in container, f"{where}: the image's entrypoint is cxledger"
-            command = check_cxledger_args(container["args"], where)
-            commands[f"{name}/{container['name']}"] = command
-            res = container.get("resources", {})
-            for kind in ("requests", "limits"):
-                assert {"cpu", "memory"} <= set(res.get(kind, {})), f"{where}: resources.{kind}"
-            env: dict[str, str] = {}
-            for source in container.get("envFrom", []):
-                ref = source["configMapRef"]["name"]
-                assert ref in config_maps, f"{where}: unknown ConfigMap {ref}"
-                env.update(config_maps[ref]["data"])
-            for item in container.get("env", []):
-                if "valueFrom" in item:
-                    ref = item["valueFrom"]["secretKeyRef"]
-                    assert ref["key"] in secret_keys.get(ref["name"], set()), f"{where}: {ref} not in a Secret"
-                    env[item["name"]] = (secrets[ref["name"]].get("stringData") or {}).get(ref["key"], "x")
-                else:
-                    env[item["name"]] = item["value"]
-            for mount in container.get("volumeMounts", []):
-                assert mount["name"] in volumes, f"{where}: unknown volume {mount['name']}"
-            if "CXLEDGER_CONFIG" in env:  # the config file is mounted and is valid TOML settings
-                path = env.pop("CXLEDGER_CONFIG")
-                mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
-                cm = volumes[mount["name"]]["configMap"]
-                key = next(i["key"] for i in cm["items"] if i["path"] == path[len(mount["mountPath"]) + 1:])
-                content = config_maps[cm["name"]]["data"][key]
-                toml_file = tmp_path / f"{name}-{container['name']}.toml"
-                toml_file.write_text(content, encoding="utf-8")
-                settings = load_settings(toml_file, environ=env)
-                assert settings.topics.replication_factor >= 1
-            check_settings(env, command, where)
-            if command == "gateway":
-                ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
-                assert str(ports.get("http")) == container["args"][container["args"].index("--port") + 1]
-                assert container.get("readinessProbe") and container.get("livenessProbe"), where
-    assert sorted(set(commands.values())) == ["gateway", "process", "schemas", "sink", "topics"]
-    service = by_kind["Service"]["gateway"]
-    gateway_labels = by_kind["Deployment"]["gateway"]["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= gateway_labels.items()
-    gateway_ports = {p["name"] for c in by_kind["Deployment"]["gateway"]["spec"]["template"]["spec"]["containers"]
-                     for p in c.get("ports", [])}
-    assert all(p["targetPort"] in gateway_ports for p in service["spec"]["ports"])
-
-
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
-def test_kustomize_builds_the_manifests():
-    out = subprocess.run(["kubectl", "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    built = [d for d in yaml.safe_load_all(out.stdout) if d]
-    assert len(built) == len(k8s_objects())
-    images = {c["image"] for d in built if d["kind"] in ("Deployment", "Job")
-              for c in d["spec"]["template"]["spec"]["containers"]}
-    assert len(images) == 1 and ":" in images.pop()
-
-
-# ------------------------------------------------------------------------------------------------
-# Dockerfile and .dockerignore
-def test_dockerfile_and_dockerignore():
-    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
-    stages = re.findall(r"^FROM\s+(\S+)", text, re.M)
-    assert stages and all(s.startswith("python:3.11-slim") for s in stages), stages
-    assert re.search(r"pip install[^\n]* \.", text), "the image installs the project with pip"
-    user = re.findall(r"^USER\s+(\S+)", text, re.M)
-    assert user and user[-1].split(":")[0] not in ("root", "0"), "the image runs as a non-root user"
-    assert re.search(r'^ENTRYPOINT\s+\["cxledger"\]', text, re.M)
-    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
-    for needed in [".venv", ".git", "tests"]:
-        assert needed in ignored, f".dockerignore should exclude {needed}"
-    # nothing the package build needs is excluded
-    import fnmatch
-    import tomllib
-
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    needed_paths = ["pyproject.toml", project["project"]["readme"]]
-    for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]:
-        needed_paths += [p.name for p in ROOT.iterdir()
-                         if (p / "__init__.py").exists() and fnmatch.fnmatch(p.name, pattern)]
-    for path in needed_paths:
-        assert (ROOT / path).exists(), path
-        hit = [p for p in ignored if not p.startswith("!") and fnmatch.fnmatch(path, p.lstrip("/"))]
-        assert not hit, f".dockerignore pattern {hit} excludes {path}, which the image build needs"

@@ -1,0 +1,318 @@
+"""The versioned ClickHouse schema (sinks.migrations, ``cxledger db``) on the real engine (chDB):
+
+* a fresh database is migrated and recorded; a second run changes nothing; the sinks'
+  ``create_tables`` is the same migration;
+* a store made with the DDL of before migrations (tests/data/ddl_before_migrations) is adopted
+  without losing a row, then later migrations apply to it; a table that lacks a column is not
+  adopted;
+* a schema newer than this build is refused, naming both versions (and so the sinks refuse it);
+* a user that may not change the schema gets a message saying who must;
+* ``cxledger db ddl`` for one node, applied to an empty database, builds exactly what the sinks
+  build; for a cluster it is Replicated tables under Distributed ones, ON CLUSTER, and ClickHouse's
+  own parser (formatQuery) accepts every statement;
+* the documented TTL for 1-minute window partials removes old minute windows and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import clickhouse_connect
+import pytest
+
+from sinks.clickhouse import create_tables, statements, view_params
+from sinks.migrations import (MIGRATIONS, MIGRATIONS_TABLE, SHARDING_KEYS, Migration,
+                              MigrationError, SchemaTooNew, Target, _column_types,
+                              applied_migrations, ddl_script, latest_version, migrate,
+                              object_names, render_ddl)
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+LEGACY_DDL = ROOT / "tests" / "data" / "ddl_before_migrations"
+TABLES, VIEWS = object_names()
+
+
+@pytest.fixture
+def database(store_dir, clickhouse):
+    """A fresh database in the session's store and a client whose current database it is."""
+    created = []
+
+    def make(prefix: str = "t_mig"):
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        clickhouse.command(f"CREATE DATABASE {name}")
+        created.append(name)
+        return name, clickhouse_connect.get_client(dsn=f"chdb://{store_dir}", database=name)
+
+    yield make
+    for name in created:
+        clickhouse.command(f"DROP DATABASE IF EXISTS {name}")
+
+
+def schema(client, database: str) -> dict[str, tuple[str, str]]:
+    """name -> (engine, CREATE statement with the database name taken out)."""
+    rows = client.query("SELECT name, engine, create_table_query FROM system.tables "
+                        "WHERE database = {db:String}", parameters={"db": database}).result_rows
+    return {name: (engine, query.replace(f"{database}.", "DB.")) for name, engine, query in rows}
+
+
+def fingerprint(client, tables) -> dict[str, tuple[int, int]]:
+    return {t: tuple(client.query(f"SELECT count(), groupBitXor(cityHash64(*)) FROM {t}").result_rows[0])
+            for t in sorted(tables)}
+
+
+def legacy_store(client) -> None:
+    """What create_tables did before migrations: the three files, statement by statement."""
+    params = view_params()
+    for name in ("ledger.sql", "derived.sql", "views.sql"):
+        text = (LEGACY_DDL / name).read_text()
+        for key, value in params.items():
+            text = text.replace("{" + key + "}", value)
+        for statement in statements(text):
+            client.command(statement)
+
+
+def seed_rows(client) -> None:
+    now = datetime.now(timezone.utc)
+    client.insert("ledger_events", [
+        [uuid.uuid4(), "contact.completed", now - timedelta(minutes=i), f"c-{i:06d}", "phone",
+         "lanzhou", None, None, '{"event_type": "contact.completed"}', 1, i % 3, i]
+        for i in range(50)],
+        column_names=["event_id", "event_type", "occurred_at", "customer_id", "channel", "city",
+                      "agent_id", "correlation_id", "payload", "schema_id", "kafka_partition",
+                      "kafka_offset"])
+    client.insert("satisfaction_window_partials", [
+        ["1d", now.replace(hour=0, minute=0, second=0, microsecond=0), "lanzhou", "phone", "gold",
+         p, 1, 10, 850.0, 10, [0] * 11, "test"] for p in range(3)],
+        column_names=["window", "window_start", "city", "channel", "tier", "source_partition",
+                      "version", "surveys", "composite_sum", "composite_count",
+                      "first_response_buckets", "rules_version"])
+    client.insert("deadletter_events", [["cx.ledger", 0, 7, "bad framing: 3 bytes", None, "00"]],
+                  column_names=["source_topic", "source_partition", "source_offset", "reason",
+                                "key", "value_hex"])
+
+
+# ------------------------------------------------------------------------------------------------
+def test_migration_1_is_the_ddl_of_before_migrations_and_is_frozen():
+    """An applied migration never changes (stores out there recorded its checksum): a schema
+    change is a new migration. Comments and layout may change."""
+    legacy = Migration(1, "initial", sql="\n;\n".join(
+        (LEGACY_DDL / f).read_text() for f in ("ledger.sql", "derived.sql", "views.sql")))
+    assert MIGRATIONS[0].checksum == legacy.checksum, (
+        "sinks/sql/{ledger,derived,views}.sql changed a statement of migration 1: undo it and add "
+        "the change as migration 2 (sinks/migrations.py MIGRATIONS)")
+    versions = [m.version for m in MIGRATIONS]
+    assert versions == list(range(1, len(versions) + 1)), "versions are 1, 2, 3, ... in order"
+
+
+def test_a_fresh_database_is_migrated_once_and_recorded(database):
+    name, client = database()
+    report = migrate(client)
+    assert (report.before, report.after, report.applied, report.adopted) == (0, latest_version(), [1], False)
+    (record,) = applied_migrations(client)
+    assert (record.version, record.name, record.checksum, record.how) == (
+        1, "initial", MIGRATIONS[0].checksum, "applied")
+    assert isinstance(record.applied_at, datetime)
+    assert TABLES | VIEWS <= set(schema(client, name))
+    again = migrate(client)
+    assert again.applied == [] and again.after == latest_version()
+    assert len(applied_migrations(client)) == 1
+
+
+def test_the_sinks_create_tables_is_the_migration(database):
+    name, client = database()
+    create_tables(client)
+    create_tables(client)  # idempotent
+    assert [a.version for a in applied_migrations(client)] == [1]
+    other_name, other = database()
+    migrate(other)
+    assert schema(client, name) == schema(other, other_name)
+
+
+def test_the_single_node_ddl_builds_what_the_sinks_build(database, clickhouse):
+    sinks_name, sinks_client = database("t_sinks")
+    create_tables(sinks_client)
+    rendered_name, rendered_client = database("t_ddl")
+    for statement in render_ddl(Target(database=rendered_name)):
+        clickhouse.command(statement)  # through another client: every name is qualified
+    assert schema(rendered_client, rendered_name) == schema(sinks_client, sinks_name)
+    rendered = [(a.version, a.name, a.checksum) for a in applied_migrations(rendered_client)]
+    assert rendered == [(a.version, a.name, a.checksum) for a in applied_migrations(sinks_client)]
+    assert migrate(rendered_client).applied == []  # `db migrate` finds the rendered store current
+
+
+def test_a_store_made_before_migrations_is_adopted_without_data_loss(database):
+    name, client = database("t_legacy")
+    legacy_store(client)
+    seed_rows(client)
+    before = fingerprint(client, TABLES)
+    assert applied_migrations(client) is None
+    later = Migration(2, "add_a_table", sql="""
+        -- a later change: a new table and an index on an existing one
+        CREATE TABLE IF NOT EXISTS test_later (id UInt64, seen_at DateTime64(3, 'UTC'))
+        ENGINE = ReplacingMergeTree ORDER BY id;
+        ALTER TABLE deadletter_events ADD INDEX IF NOT EXISTS reason_seen reason TYPE tokenbf_v1(512, 2, 0) GRANULARITY 1
+    """)
+    report = migrate(client, migrations=(*MIGRATIONS, later))
+    assert report.adopted and report.applied == [1, 2] and report.after == 2
+    assert [(a.version, a.how) for a in applied_migrations(client)] == [(1, "adopted"), (2, "applied")]
+    assert fingerprint(client, TABLES) == before, "adoption changed rows"
+    assert client.query("SELECT count() FROM ledger").result_rows[0][0] == 50
+    assert "test_later" in schema(client, name)
+    # the adopted schema is the one a fresh migration builds
+    fresh_name, fresh = database("t_fresh")
+    migrate(fresh)
+    adopted = {k: v for k, v in schema(client, name).items() if k != "test_later"}
+    assert "INDEX reason_seen reason" in adopted.pop("deadletter_events")[1]  # migration 2's index
+    assert adopted == {k: v for k, v in schema(fresh, fresh_name).items() if k != "deadletter_events"}
+    # and this build, which knows only migration 1, refuses the database migration 2 made
+    with pytest.raises(SchemaTooNew):
+        migrate(client)
+
+
+def test_a_table_without_a_column_of_migration_1_is_not_adopted(database):
+    _, client = database("t_legacy")
+    legacy_store(client)
+    client.command("ALTER TABLE ledger_events DROP COLUMN kafka_offset")
+    with pytest.raises(MigrationError, match=r"ledger_events.*kafka_offset"):
+        migrate(client)
+    assert not [a for a in applied_migrations(client) or [] if a.version == 1]
+
+
+def test_a_newer_schema_is_refused_naming_both_versions(database):
+    _, client = database()
+    migrate(client)
+    client.insert(MIGRATIONS_TABLE, [[7, "from_the_future", "x" * 64, "applied", ""]],
+                  column_names=["version", "name", "checksum", "how", "cluster"])
+    with pytest.raises(SchemaTooNew) as refused:
+        migrate(client)
+    message = str(refused.value)
+    assert "version 7" in message and f"version {latest_version()}" in message and "from_the_future" in message
+    with pytest.raises(SchemaTooNew):
+        create_tables(client)  # so a sink of this build does not start on it
+
+
+def test_a_changed_applied_migration_is_reported(database):
+    _, client = database()
+    migrate(client)
+    client.insert(MIGRATIONS_TABLE, [[1, "initial", "0" * 64, "applied", ""]],
+                  column_names=["version", "name", "checksum", "how", "cluster"])
+    assert migrate(client).checksum_mismatches == [1]
+
+
+def test_a_user_that_may_not_change_the_schema_is_told_who_must(database):
+    _, client = database()
+
+    class Writer:  # the sinks' user: rows yes, DDL no (what ClickHouse answers it)
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def command(self, sql, *args, **kwargs):
+            if sql.lstrip().upper().startswith(("CREATE", "ALTER", "DROP")):
+                raise RuntimeError("Code: 497. DB::Exception: cxledger_writer: Not enough privileges. "
+                                   "To execute this query, it's necessary to have the grant CREATE TABLE "
+                                   "ON cx.schema_migrations. (ACCESS_DENIED)")
+            return client.command(sql, *args, **kwargs)
+
+    with pytest.raises(MigrationError, match=r"schema version 0.*needs version 1.*cxledger db migrate"):
+        migrate(Writer())
+    migrate(client)
+    assert migrate(Writer()).applied == []  # once migrated, the writer starts: reads only
+
+
+# ------------------------------------------------------------------------------------------------
+# Cluster DDL
+def test_the_cluster_ddl_is_replicated_distributed_and_on_cluster(clickhouse):
+    rendered = render_ddl(Target("cx", "prod"))
+    for statement in rendered:
+        if not statement.startswith("INSERT"):
+            assert " ON CLUSTER prod" in statement.split("\n")[0], statement[:120]
+        clickhouse.query("SELECT formatQuery({q:String})", parameters={"q": statement})
+    text = "\n".join(rendered)
+    creates = {re.match(r"CREATE TABLE IF NOT EXISTS cx\.(\w+)", s).group(1): s for s in rendered
+               if s.startswith("CREATE TABLE")}
+    columns = {}
+    for statement in MIGRATIONS[0].statements():
+        m = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
+        if m:
+            columns[m.group(1)] = set(_column_types(statement))
+    assert set(columns) == TABLES and set(SHARDING_KEYS) >= TABLES
+    for table in TABLES:
+        local = creates[f"{table}_local"]
+        assert re.search(rf"ENGINE = Replicated\w*MergeTree\('/clickhouse/tables/{{shard}}/cx/{table}_local', "
+                         r"'\{replica\}'", local), local
+        distributed = creates[table]
+        assert f"AS cx.{table}_local" in distributed
+        m = re.search(r"ENGINE = Distributed\(prod, cx, (\w+), (.+)\)$", distributed)
+        assert m and m.group(1) == f"{table}_local", distributed
+        key_columns = set(re.findall(r"\b[a-z_]+\b", m.group(2))) - {"cityHash64"}
+        assert key_columns and key_columns <= columns[table], (table, key_columns)
+    assert "cityHash64(customer_id)" in creates["ledger_events"]
+    # versions of a window partial meet on one shard: its whole ReplacingMergeTree key
+    assert "source_partition" in creates["satisfaction_window_partials"]
+    assert "ALTER TABLE cx.ledger_events_local ON CLUSTER prod ADD INDEX" in text
+    assert "non_replicated_deduplication_window" not in text
+    for view in VIEWS:
+        assert f"CREATE VIEW IF NOT EXISTS cx.{view} ON CLUSTER prod AS" in text
+    assert "FROM cx.ledger_events FINAL" in text and "FROM ledger_events" not in text
+    assert "'/clickhouse/tables/all/cx/schema_migrations', '{shard}-{replica}'" in text
+    script = ddl_script(Target("cx", "prod"))
+    assert "<macros>" in script and "MODIFY TTL" in script
+
+
+def test_the_minute_window_ttl_removes_old_minute_windows_only(database):
+    _, client = database("t_ttl")
+    migrate(client)
+    line = next(l for l in ddl_script(Target()).splitlines() if "MODIFY TTL" in l)
+    ttl = line.lstrip("- ").rstrip(";")
+    assert re.search(r"WHERE window = '1m'", ttl) and "satisfaction_window_partials" in ttl
+    doc = (ROOT / "deploy" / "PRODUCTION.md").read_text()
+    assert ttl in doc, "deploy/PRODUCTION.md documents the same statement"
+    client.command(ttl)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    rows = [[window, start, "lanzhou", "phone", "gold", 0, 1, 1, 90.0, 1, [0] * 11, "test"]
+            for window, start in (("1m", now - timedelta(days=200)), ("1d", now - timedelta(days=200)),
+                                  ("1m", now - timedelta(days=1)))]
+    client.insert("satisfaction_window_partials", rows,
+                  column_names=["window", "window_start", "city", "channel", "tier", "source_partition",
+                                "version", "surveys", "composite_sum", "composite_count",
+                                "first_response_buckets", "rules_version"])
+    client.command("OPTIMIZE TABLE satisfaction_window_partials FINAL")
+    kept = client.query("SELECT window, window_start < now() - INTERVAL 100 DAY AS old "
+                        "FROM satisfaction_window_partials ORDER BY window, old").result_rows
+    assert kept == [("1d", 1), ("1m", 0)]
+
+
+# ------------------------------------------------------------------------------------------------
+# The command
+def test_cxledger_db_commands(tmp_path):
+    """`cxledger db migrate | status | ddl` in a process of their own (chDB: one store per process)."""
+    script = f"""
+import contextlib, io, sys
+from cxledger.cli import main
+store = {str(tmp_path / 'store')!r}
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    assert main(["db", "status", "--store", store]) == 1        # nothing recorded yet
+    assert main(["db", "migrate", "--store", store]) == 0
+    assert main(["db", "migrate", "--store", store]) == 0
+    assert main(["db", "status", "--store", store]) == 0
+    assert main(["db", "ddl", "--cluster", "prod", "--database", "cx"]) == 0
+sys.stdout.write(out.getvalue())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "schema version 0 -> 1" in out and "schema version 1, up to date" in out
+    assert re.search(r"^\s+1\s+initial\s+applied", out, re.M)
+    assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/cx/ledger_events_local'" in out
+    bad = subprocess.run([sys.executable, "-m", "cxledger.cli", "db", "ddl", "--database", "cx; DROP"],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert bad.returncode != 0 and "identifier" in bad.stderr
