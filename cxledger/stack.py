@@ -51,8 +51,12 @@ class StackRecord:
     acks: str = "store"             # what a publish acknowledgement waits for: store | broker
 
     @property
+    def query_scheme(self) -> str:
+        return "https" if self.query.get("tls_ca") else "http"
+
+    @property
     def query_url(self) -> str:
-        return f"http://{_connect_host(self.query['host'])}:{self.query['port']}"
+        return f"{self.query_scheme}://{_connect_host(self.query['host'])}:{self.query['port']}"
 
     @property
     def gateway_url(self) -> str:
@@ -63,8 +67,10 @@ class StackRecord:
         """clickhouse-connect DSN of the stack's query endpoint, credentials included."""
         user = quote(self.query["user"], safe="")
         password = quote(self.query["password"], safe="")
-        return (f"http://{user}:{password}@{_connect_host(self.query['host'])}:"
-                f"{self.query['port']}/default")
+        dsn = (f"{self.query_scheme}://{user}:{password}@{_connect_host(self.query['host'])}:"
+               f"{self.query['port']}/default")
+        return dsn + (f"?ca_cert={quote(self.query['tls_ca'], safe='')}"
+                      if self.query.get("tls_ca") else "")
 
 
 def _connect_host(host: str) -> str:
@@ -191,8 +197,13 @@ def http_query(record: StackRecord, sql: str, fmt: str,
                                      method="POST")
     token = base64.b64encode(f"{record.query['user']}:{record.query['password']}".encode())
     request.add_header("Authorization", "Basic " + token.decode())
+    context = None
+    if record.query.get("tls_ca"):
+        import ssl
+
+        context = ssl.create_default_context(cafile=record.query["tls_ca"])
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.read()
     except urllib.error.HTTPError as exc:
         raise QueryFailed(exc.read().decode(errors="replace").strip()) from None

@@ -37,7 +37,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from cxledger.config import Settings
+from cxledger.config import Settings, redact_dsn
 from cxledger.logs import configure_logging
 from cxledger.pipeline import Child, Pipeline, PipelineError, stop_children
 from cxledger.stack import (LOGS, STATUS, StackRecord, StackRunning, StoreLock, find_stack,
@@ -119,7 +119,8 @@ class Stack:
         self._start(pipe)
 
     def _start(self, pipe: Pipeline) -> None:
-        where = pipe.settings.dsn if not pipe.settings.embedded_store else str(self.store)
+        where = (redact_dsn(pipe.settings.dsn) if not pipe.settings.embedded_store
+                 else str(self.store))
         self.say(f"store {where}; kafka {pipe.settings.kafka_bootstrap}"
                  + (" (local broker, started empty)" if pipe.local_broker else ""))
         offset_base = self._restore(pipe) if pipe.local_broker else None
@@ -131,7 +132,8 @@ class Stack:
             s = pipe.settings
             self.endpoint = QueryEndpoint(self.store, {s.query_user: s.query_password},
                                           host=s.query_host, port=s.query_port,
-                                          max_execution_time=s.query_max_execution_time)
+                                          max_execution_time=s.query_max_execution_time,
+                                          tls_cert=s.query_tls_cert, tls_key=s.query_tls_key)
             self.endpoint.start()
         pipe.start_processors(self.workers, log_dir=self.logs)
         self.gateway = pipe.spawn("gateway", ["gateway", "--host", pipe.settings.gateway_host,
@@ -147,7 +149,10 @@ class Stack:
             local_broker=pipe.local_broker,
             query=({"host": pipe.settings.query_host, "port": self.endpoint.port,
                     "user": pipe.settings.query_user, "password": pipe.settings.query_password,
-                    "generated": self.generated_password}
+                    "generated": self.generated_password,
+                    # with TLS, clients verify the endpoint's certificate against this file
+                    **({"tls_ca": str(Path(pipe.settings.query_tls_cert).resolve())}
+                       if pipe.settings.query_tls_cert else {})}
                    if self.endpoint else {}),
             gateway={"host": pipe.settings.gateway_host, "port": pipe.settings.gateway_port,
                      **({"key": self.gateway_key} if self.gateway_key else {})},

@@ -15,6 +15,15 @@ broker keeps nothing across a restart: ``cxledger.stack.attach`` sets it) they r
 the ledger sink has also written every event to the store, which it shows by committing its
 Kafka offsets after each write.
 
+Personal data (phone numbers, national id numbers, e-mail addresses, labelled names in free
+text) never leaves the producer in clear: without a key an event carrying any is refused
+(EventValidationError naming the field and the kind of data, never quoting it); with
+``settings.pii_hmac_key`` (CXLEDGER_PII_HMAC_KEY or CXLEDGER_PII_HMAC_KEY_FILE) it is replaced by
+its keyed pseudonym, ids wholly and free text in place, so that the same phone number gives the
+same ``customer_id`` from every channel. What is found and how it is replaced, field by field:
+``schemas.validation`` (module docstring). Files (``cxledger publish``) and the gateway publish
+through this producer and get the same treatment.
+
 Two checks beyond the schema, both raising EventValidationError before anything is sent:
 - **size**: an encoded event larger than the producer's ``message.max.bytes`` (librdkafka's
   default, ``MESSAGE_MAX_BYTES``) is refused naming the event and its largest field, instead
@@ -39,7 +48,8 @@ from confluent_kafka import (Consumer, KafkaError, KafkaException, Message, Prod
 
 from cxledger.config import LEDGER_SINK_GROUP, Settings
 from schemas.codec import WireCodec
-from schemas.validation import EventValidationError, normalize_event, partition_key
+from schemas.validation import (EventValidationError, Pseudonymizer, normalize_event,
+                                 partition_key, screen_pii)
 
 log = structlog.get_logger("cxledger.producer")
 
@@ -147,6 +157,9 @@ class LedgerProducer:
         self.topic = topic or settings.topics.ledger
         self.codec = codec or make_codec(settings)
         self.on_delivered = on_delivered
+        # Personal data in events: pseudonymised with the settings' key, else refused.
+        self.pseudonymizer = (Pseudonymizer(settings.pii_hmac_key) if settings.pii_hmac_key
+                              else None)
         conf = settings.kafka_conf(**{**PRODUCER_DEFAULTS, **(producer_conf or {})})
         self._producer = Producer(conf)
         self.max_message_bytes = int(conf.get("message.max.bytes", MESSAGE_MAX_BYTES))
@@ -180,13 +193,19 @@ class LedgerProducer:
         later event that reuses its id. Raises EventValidationError (nothing sent) or
         DeliveryError for earlier failures.
         """
-        record = normalize_event(event)
-        self.publish_record(record, source=source)
+        record = normalize_event(event, pseudonymize=self.pseudonymizer)
+        self._send(record, source)
         return record["event_id"]
 
     def publish_record(self, record: dict[str, Any], *, source: str | None = None) -> None:
-        """Send an already validated record-form event (no schema validation; the size and
-        event id checks of the module docstring apply)."""
+        """Send an already validated record-form event (no schema validation; the personal
+        data, size and event id checks of the module docstring apply: personal data is
+        pseudonymised in a copy, or refused)."""
+        record = dict(record)
+        screen_pii(record, record["event_type"], pseudonymize=self.pseudonymizer)
+        self._send(record, source)
+
+    def _send(self, record: dict[str, Any], source: str | None) -> None:
         value = self.codec.encode(record)
         event_id = record["event_id"]
         key = partition_key(record).encode()

@@ -22,6 +22,50 @@ and dashboard labels; the Kafka message that carries the event has a size limit)
   project runs binds values as parameters, so ``'; DROP TABLE ledger_events; --`` is stored
   and read back byte for byte.
 
+Personal data (PII) never enters the ledger in clear. Every string field of an event is
+scanned for (``find_pii``):
+
+- **phone numbers**: mainland mobile numbers (``1[3-9]`` + 9 digits; with ``+86``, ``0086`` or
+  ``86`` before it; a space or hyphen between any digits: ``+86 138-0013-8000``) and landline
+  numbers (``0`` + a 2- or 3-digit area code + a 7- or 8-digit number that starts with 2-9, the
+  area code optionally in parentheses, or ``+86``/``0086`` + the area code without its ``0``:
+  ``010-6552 9988``, ``(0755)26888888``, ``+86 10 65529988``);
+- **national id numbers**: the 18-character resident identity number (6-digit region, a real
+  birth date from 1800 on, 3-digit sequence, check character), accepted only when its ISO 7064
+  MOD 11-2 check character is right, so that other 18-digit numbers are not taken for one;
+- **e-mail addresses** (``local@domain.tld``);
+- **names in free text** (``TEXT_FIELDS``), when they are labelled: after ``姓名：``,
+  ``名字：``, ``联系人：``, ``称呼：``, ``客户姓名：``, ``姓名是/为``, ``名字是/叫``,
+  ``我的名字是/叫`` (2-4 Chinese characters) or ``name:``, ``full name:``, ``customer name:``,
+  ``contact:``, ``my name is`` (1-3 capitalised words). An unlabelled name in free text ("王先生
+  called twice") is not recognised: there is no reliable pattern for it short of a named-entity
+  model; channels must not write names into ``reason``, and ids never carry names (an agent's
+  name in ``agent_id`` is the agent's, not a customer's, and is allowed).
+
+A number is only taken for one of these when no ASCII letter or digit touches it on either side:
+``c13800138000`` or a hex digest is an id, not a phone number.
+
+Without a key the event is refused (``EventValidationError`` naming the field, the kind of
+data and its position, never quoting it). With a key (``normalize_event(...,
+pseudonymize=Pseudonymizer(key))``; the SDK builds it from ``CXLEDGER_PII_HMAC_KEY``) the
+data is replaced by its pseudonym ``pii-<kind>-<26 base32 characters>``: the first 128 bits of
+HMAC-SHA256(key, "<kind>:<canonical form>"), kind ``phone``, ``idno``, ``email``, ``name`` or
+``id``. The canonical form makes the same person give the same pseudonym whatever the channel
+wrote: a mobile number's 11 digits (no +86, no separators), a landline's digits with the area
+code's 0, an id number with an upper-case X, an e-mail address in lower case, a name with single
+spaces, case-folded. Field by field:
+
+- **ids and codes**: an id that *is* one of the above (``customer_id = "+86 138 0013 8000"``)
+  becomes the pseudonym of that phone number, wholly, so the customer's events from every
+  channel join on it; an id that *contains* one (``"wx-13800138000"``) is replaced wholly by the
+  pseudonym of the whole id (kind ``id``): still one stable id per customer, nothing of it left.
+- **free text**: each occurrence is replaced by its pseudonym in place, the rest of the text
+  is kept (``"call me on 13800138000"`` -> ``"call me on pii-phone-..."``).
+
+Pseudonyms are lower-case base32 (letters and the digits 2-7), so they never look like any of
+the above: a consumer that checks an event again (``ledger_refusal``) accepts them. The key must
+stay the same for joins to keep working; a new key starts new pseudonyms.
+
 Time rules: ``occurred_at`` is not before ``EARLIEST_OCCURRED_AT_MS`` (2000-01-01 UTC) and not
 more than ``MAX_AHEAD_MS`` (one day) ahead of the validating machine's clock: a later time is a
 wrong year, a wrong time zone or seconds taken for milliseconds, and the processors, whose
@@ -30,12 +74,16 @@ clock is event time, would fire every deadline up to it at once.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import math
 import re
 import time
 import unicodedata
 import uuid
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Any, Callable
@@ -78,8 +126,6 @@ MAX_QUOTED_CHARS = 60  # how much of a bad value an error message quotes
 
 _PERIOD = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 _CITY = re.compile(r"[a-z][a-z0-9_]*")
-# A mainland mobile number or an e-mail address is personal data, not a pseudonymous id.
-_PERSONAL = re.compile(r"^(\+?86)?1[3-9]\d{9}$|@")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL, C1
 _TEXT_FORBIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")  # all but TAB, LF
 _ID_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
@@ -382,12 +428,14 @@ def _plan(event_type: str, catalogue: Catalogue) -> tuple[tuple[str, Callable, b
 
 
 def normalize_event(event: dict[str, Any], *, catalogue: Catalogue | None = None,
-                    allow_derived: bool = False, now_ms: int | None = None) -> dict[str, Any]:
+                    allow_derived: bool = False, now_ms: int | None = None,
+                    pseudonymize: "Pseudonymizer | None" = None) -> dict[str, Any]:
     """Validate an event in JSON form and return its record form (a new dict).
 
     Fills ``event_id`` when absent. Raises EventValidationError naming the field.
     ``now_ms`` is the clock ``occurred_at`` may be at most MAX_AHEAD_MS ahead of (default:
-    this machine's).
+    this machine's). Personal data in string fields is refused, or replaced by its pseudonym
+    when ``pseudonymize`` is given (see the module docstring).
     """
     if not isinstance(event, dict):
         raise EventValidationError(f"an event must be a JSON object, got {type(event).__name__}")
@@ -434,6 +482,7 @@ def normalize_event(event: dict[str, Any], *, catalogue: Catalogue | None = None
                                        f"{_number(bounds[1])}, got {_show(value)}", name,
                                        event_type, event_id)
         record[name] = converted
+    screen_pii(record, event_type, catalogue, pseudonymize)
     _check_values(record, event_type, event_id,
                   int(time.time() * 1000) if now_ms is None else now_ms)
     return record
@@ -444,16 +493,204 @@ def _check_values(record: dict[str, Any], event_type: str, event_id: Any, now_ms
         _check_not_ahead(record["occurred_at"], now_ms)
     except ValueError as exc:
         raise EventValidationError(str(exc), "occurred_at", event_type, event_id) from None
-    if _PERSONAL.search(record["customer_id"]):
-        raise EventValidationError("looks like a phone number or e-mail address; publish the "
-                                   "pseudonymous customer id instead", "customer_id",
-                                   event_type, event_id)
     if not _CITY.fullmatch(record["city"]):
         raise EventValidationError(f"must be a lower-case city code such as 'beijing', got "
                                    f"{_show(record['city'])}", "city", event_type, event_id)
     if "period" in record and not _PERIOD.fullmatch(record["period"]):
         raise EventValidationError(f"must be YYYY-MM, got {_show(record['period'])}", "period",
                                    event_type, event_id)
+
+
+# -- personal data (PII) ------------------------------------------------------------------------
+_NOT_AFTER = r"(?<![0-9A-Za-z])"  # no ASCII letter or digit right before a match ...
+_NOT_BEFORE = r"(?![0-9A-Za-z])"  # ... or right after it
+_AREA = r"(?:10|2\d|[3-9]\d\d)"  # a landline area code without its 0: 10, 2x, 3 digits
+_PII_PATTERNS: tuple[tuple[str, str, re.Pattern[str]], ...] = (
+    ("idno", "a national id number", re.compile(
+        _NOT_AFTER + r"[1-9]\d{5}(?:18|19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}"
+        r"[\dXx]" + _NOT_BEFORE)),
+    ("mobile", "a phone number (mainland mobile)", re.compile(
+        _NOT_AFTER + r"(?:(?:\+|00)?86[ \-]?)?1[3-9](?:[ \-]?\d){9}" + _NOT_BEFORE)),
+    ("landline", "a phone number (landline)", re.compile(
+        _NOT_AFTER + r"(?:(?:\+|00)86[ \-]?\(?" + _AREA + r"\)?|\(?0" + _AREA + r"\)?)"
+        r"[ \-]?[2-9]\d{2,3}[ \-]?\d{4}" + _NOT_BEFORE)),
+    ("email", "an e-mail address", re.compile(
+        r"[A-Za-z0-9][A-Za-z0-9._%+\-]*@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
+        + _NOT_BEFORE)),
+)
+_NAME_PATTERNS = (
+    re.compile(r"(?:(?:客户姓名|姓名|名字|联系人|称呼)\s*[:：]|(?:姓名|名字)\s*[是为叫]"
+               r"|我的名字\s*[是叫])\s*(?P<name>[\u4e00-\u9fff][\u4e00-\u9fff·]{1,3})"),
+    re.compile(r"(?i:\b(?:(?:full |customer )?name\s*[:：]|contact\s*[:：]|my name is))"
+               r"\s*(?P<name>[A-Z][a-z'\-]+(?:[ \t]+[A-Z][a-z'\-]+){0,2})"),
+)
+# Cheap tests before the patterns: 7 digits (with separators) or an @; a name label.
+_PII_HINT = re.compile(r"@|\d[\d \-()]{6}")
+_NAME_HINT = re.compile(r"姓名|名字|联系人|称呼|(?i:name|contact)")
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"
+PSEUDONYM_PREFIX = "pii-"
+
+
+def national_id_valid(text: str) -> bool:
+    """True when ``text`` is an 18-character resident identity number with a real birth date
+    and the right ISO 7064 MOD 11-2 check character."""
+    if len(text) != 18 or not text[:17].isdigit() or text[17] not in "0123456789Xx":
+        return False
+    try:
+        born = date(int(text[6:10]), int(text[10:12]), int(text[12:14]))
+    except ValueError:
+        return False
+    if born > date.today():
+        return False
+    total = sum(int(d) * w for d, w in zip(text[:17], _ID_WEIGHTS))
+    return _ID_CHECK[total % 11] == text[17].upper()
+
+
+@dataclass(frozen=True)
+class PiiMatch:
+    """Personal data found in a text: ``kind`` (phone, idno, email, name), what it is in words,
+    where (``start``/``end`` in the text) and its canonical form (the pseudonym's input)."""
+
+    kind: str
+    what: str
+    start: int
+    end: int
+    canonical: str
+
+
+def _canonical(kind: str, text: str) -> str:
+    if kind == "mobile":
+        return re.sub(r"\D", "", text)[-11:]
+    if kind == "landline":
+        digits = re.sub(r"\D", "", text)
+        for prefix in ("0086", "86"):
+            if text.lstrip("(").startswith(("+", "00")) and digits.startswith(prefix):
+                return "0" + digits[len(prefix):]
+        return digits
+    if kind == "idno":
+        return text.upper()
+    if kind == "email":
+        return text.lower()
+    return " ".join(text.split()).casefold()  # a name
+
+
+def find_pii(text: str, free_text: bool = False) -> list[PiiMatch]:
+    """The personal data in ``text`` (module docstring), in order, never overlapping; names
+    are looked for only in ``free_text``."""
+    found: list[PiiMatch] = []
+    if _PII_HINT.search(text):
+        for kind, what, pattern in _PII_PATTERNS:
+            for m in pattern.finditer(text):
+                if kind == "idno" and not national_id_valid(m.group()):
+                    continue
+                found.append(PiiMatch("phone" if kind in ("mobile", "landline") else kind, what,
+                                      m.start(), m.end(), _canonical(kind, m.group())))
+    if free_text and _NAME_HINT.search(text):
+        for pattern in _NAME_PATTERNS:
+            for m in pattern.finditer(text):
+                label = text[m.start():m.start("name")].strip()
+                found.append(PiiMatch("name", f"a name (after {label!r})", m.start("name"),
+                                      m.end("name"), _canonical("name", m.group("name"))))
+    if len(found) < 2:
+        return found
+    found.sort(key=lambda m: (m.start, m.start - m.end))  # at one place, the longest first
+    kept: list[PiiMatch] = []
+    for m in found:
+        if not kept or m.start >= kept[-1].end:
+            kept.append(m)
+    return kept
+
+
+class Pseudonymizer:
+    """Keyed pseudonyms of personal data: ``pii-<kind>-<26 base32 characters>``, the first
+    128 bits of HMAC-SHA256(key, "<kind>:<canonical form>"). The same data gives the same
+    pseudonym for as long as the key stays the same; without the key nobody can tell whose
+    it is, or test a guess."""
+
+    def __init__(self, key: str | bytes):
+        if not key:
+            raise ValueError("a Pseudonymizer needs a key")
+        self._key = key.encode() if isinstance(key, str) else bytes(key)
+
+    def __repr__(self) -> str:
+        return "Pseudonymizer(key=***)"
+
+    def pseudonym(self, kind: str, canonical: str) -> str:
+        digest = hmac.new(self._key, f"{kind}:{canonical}".encode(), hashlib.sha256).digest()
+        return (PSEUDONYM_PREFIX + kind + "-"
+                + base64.b32encode(digest[:16]).decode().rstrip("=").lower())
+
+    def replace(self, name: str, value: str, matches: list[PiiMatch]) -> str:
+        """``value`` of field ``name`` with its personal data pseudonymised (module docstring:
+        ids wholly, free text in place)."""
+        if name not in TEXT_FIELDS:
+            only = matches[0]
+            if len(matches) == 1 and (only.start, only.end) == (0, len(value)):
+                return self.pseudonym(only.kind, only.canonical)
+            return self.pseudonym("id", value)
+        out, at = [], 0
+        for m in matches:
+            out += [value[at:m.start], self.pseudonym(m.kind, m.canonical)]
+            at = m.end
+        return "".join(out) + value[at:]
+
+
+@cache
+def _string_fields(event_type: str, catalogue: Catalogue) -> tuple[tuple[str, bool], ...]:
+    """(name, is a list) of the fields of ``event_type`` that hold text (not enums or UUIDs)."""
+    out = []
+    for f in catalogue.latest(event_type).definition["fields"]:
+        t = f["type"]
+        if isinstance(t, list):
+            t = next((x for x in t if x != "null"), None)
+        if t == "string":
+            out.append((f["name"], False))
+        elif isinstance(t, dict) and t.get("type") == "array" and t.get("items") == "string":
+            out.append((f["name"], True))
+        elif isinstance(t, dict) and t.get("type") == "string" and "logicalType" not in t:
+            out.append((f["name"], False))
+    return tuple(out)
+
+
+def screen_pii(record: dict[str, Any], event_type: str, catalogue: Catalogue | None = None,
+               pseudonymize: Pseudonymizer | None = None) -> None:
+    """Refuse (EventValidationError) or, with ``pseudonymize``, replace in ``record`` the
+    personal data of its string fields. The error names the field, the kind and the position,
+    and never quotes the data."""
+    catalogue = catalogue or default_catalogue()
+    if event_type not in catalogue.versions:
+        return  # not an event of the contract: the schema check says so
+    for name, is_list in _string_fields(event_type, catalogue):
+        value = record.get(name)
+        if not value:
+            continue
+        free_text = name in TEXT_FIELDS
+        texts = value if is_list else (value,)
+        changed = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not (
+                    _PII_HINT.search(text) or (free_text and _NAME_HINT.search(text))):
+                continue  # the cheap test: most values stop here
+            matches = find_pii(text, free_text)
+            if not matches:
+                continue
+            if pseudonymize is None:
+                first = matches[0]
+                where = (f"looks like {first.what}" if (first.start, first.end) == (0, len(text))
+                         else f"contains what looks like {first.what} at position "
+                              f"{first.start + 1}")
+                raise EventValidationError(
+                    f"{where} (personal data, which never enters the ledger in clear): publish a "
+                    "pseudonymous value, or set CXLEDGER_PII_HMAC_KEY so that the producer "
+                    "replaces it with a keyed hash", name, event_type, record.get("event_id"))
+            changed[i] = pseudonymize.replace(name, text, matches)
+            if free_text and len(changed[i]) > MAX_TEXT_CHARS:
+                raise EventValidationError(
+                    f"longer than {MAX_TEXT_CHARS} characters once its personal data is replaced "
+                    "by pseudonyms: shorten it", name, event_type, record.get("event_id"))
+        if changed != list(texts):
+            record[name] = changed if is_list else changed[0]
 
 
 def partition_key(record: dict[str, Any]) -> str:
