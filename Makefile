@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unit bench install clean
+.PHONY: demo test unit bench reliability install clean
 
 $(STAMP): pyproject.toml
 	@echo "installing into $(VENV) ..." >&2
@@ -26,6 +26,11 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	@$(PY) -m benchmarks
+
+# make reliability [RELIABILITY_ARGS='--quick']: faults, hostile input, chaos (kills while
+# traffic flows) and a 10-minute soak at 5,000 events/s; one JSON summary on stdout.
+reliability: $(STAMP)
+	@$(PY) -m tests.reliability $(RELIABILITY_ARGS)
 
 clean:
 	rm -rf $(VENV) .cxledger

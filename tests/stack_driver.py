@@ -122,6 +122,14 @@ class Up:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
 
+    def __enter__(self) -> "Up":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Nothing outlives the test: a stack still running at the end is killed."""
+        if self.proc.poll() is None:
+            self.kill()
+
 
 def csv_rows(result: subprocess.CompletedProcess) -> list[str]:
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"

@@ -41,6 +41,7 @@ from sinks.ledger_sink import ledger_sink
 from sinks.replay import record_from_payload
 
 from tests.integration.ledger_helpers import drain, read_topic
+from tests.reliability.report import record
 
 pytestmark = pytest.mark.integration
 
@@ -538,6 +539,7 @@ def test_nothing_is_lost_accepted_rejected_dead_lettered_equal_sent(catalogue_ru
         for outcome, n in counts.items():
             totals[outcome] += n
     print(f"\nhostile catalogue: {len(catalogue_run.results)} cases, {totals}")
+    record("hostile", cases=len(CASES), **totals)
     assert unaccounted == {}
     assert totals["accepted"] + totals["rejected"] + totals["dead_lettered"] == totals["sent"]
     assert min(totals.values()) > 0

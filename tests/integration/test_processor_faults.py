@@ -23,6 +23,7 @@ from producers.sdk import LedgerProducer
 from producers.simulator import simulate
 from schemas.codec import WireCodec
 from tests.integration.ledger_helpers import read_topic
+from tests.reliability.report import record
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +76,7 @@ def test_lost_derived_events_are_sent_again_before_the_input_is_committed(settin
             worker.wait(timeout=30)
     written = log.read_text()
     assert written.count("sending the batch again") == 3, written[-3000:]
+    record("processor_faults", faults=3, kind="derived events lost before acknowledgement")
     expected = clean_fold(settings, len(events))
     assert len(expected) > 500
     assert derived_ids(settings, len(expected)) == expected

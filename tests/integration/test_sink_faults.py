@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 from producers.sdk import LedgerProducer
 from sinks.ledger_sink import LEDGER_GROUP, ledger_sink
 from tests.faults.store import FaultyStore
+from tests.reliability.report import record
 from tests.integration.ledger_helpers import (assert_ledger_holds_exactly, drain, make_events,
                                               read_topic)
 
@@ -61,6 +62,7 @@ def test_a_store_that_refuses_for_a_while_gets_the_batch_again(settings, clickho
         stop.set()
         thread.join(timeout=30)
     assert store.refused == 4 and sink.stats.retries == 4
+    record("store_faults", faults=store.refused, kind="inserts refused or timed out")
     assert sink.stats.fault is None
     assert committed(settings) == len(events)
     assert_ledger_holds_exactly(clickhouse, events, prefix, settings.topics.partitions)
@@ -80,6 +82,8 @@ def test_rows_the_store_refuses_are_isolated_and_the_rest_is_written(settings, c
     bad = [e for e in events if e["customer_id"] in poisoned]
     good = [e for e in events if e["customer_id"] not in poisoned]
     assert bad and sink.stats.deadlettered == len(bad)
+    record("store_faults", faults=len(bad), dead_lettered=len(bad),
+           kind="rows refused for a data reason")
     assert count(clickhouse, "SELECT count() FROM ledger WHERE customer_id LIKE {p:String}",
                  p=f"{prefix}-%") == len(good)
     rows = clickhouse.query(

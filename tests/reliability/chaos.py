@@ -100,6 +100,7 @@ def run_chaos(work: Path, events: list[dict], *, seed: int, kills: int = 5,
               workers: int = 2) -> dict:
     rng = random.Random(seed)
     started = time.monotonic()
+    work.mkdir(parents=True, exist_ok=True)
     env = clean_env(CXLEDGER_QUERY_PORT=str(free_port()), CXLEDGER_GATEWAY_PORT=str(free_port()))
     whole = write_jsonl(work / "whole.jsonl", events)
     reference = work / "reference" / "store"
@@ -110,38 +111,40 @@ def run_chaos(work: Path, events: list[dict], *, seed: int, kills: int = 5,
     service = work / "service"
     service.mkdir()
     up = Up(service, env, "--workers", str(workers))
-    up.wait_ready()
-    plan = plan_kills(rng, kills)
-    pause = max(0.2, 3.5 * len(plan) / max(1, len(events) / 250))  # traffic outlasts the kills
-    publisher = Publisher(up.store, events, pause=pause)
-    publisher.start()
-    done: list[dict] = []
-    for kind in plan:
-        time.sleep(rng.uniform(1.0, 4.0))
-        at = round(time.monotonic() - started, 1)
-        if kind == "stack":
-            children = descendants(up.proc.pid)
-            up.kill()
-            assert wait_gone(children, timeout=20) == [], "kill -9 of the stack left processes"
-            up = Up(service, env, "--workers", str(workers))
-            up.wait_ready()
-            done.append({"at_s": at, "what": "stack (sinks, broker, workers, gateway)"})
-            continue
-        pids = _wait_for_workers(up.proc.pid, workers)
-        victim = rng.choice(pids)
-        os.kill(victim, signal.SIGKILL)
-        done.append({"at_s": at, "what": "worker"})
-        if kind == "rebalance":  # the other worker, while the group takes the restarted one in
-            _wait_for_workers(up.proc.pid, workers, without=victim)
-            survivor = next(p for p in pids if p != victim)
-            os.kill(survivor, signal.SIGKILL)
-            done.append({"at_s": round(time.monotonic() - started, 1),
-                         "what": "worker during a rebalance"})
-    publisher.done.wait(timeout=900)
-    assert publisher.error is None, publisher.error
-    caught_up = wait_until_replay_equals_live(service, env)
-    up.interrupt()  # a clean stop
-
+    try:
+        up.wait_ready()
+        plan = plan_kills(rng, kills)
+        pause = max(0.2, 3.5 * len(plan) / max(1, len(events) / 250))  # traffic outlasts the kills
+        publisher = Publisher(up.store, events, pause=pause)
+        publisher.start()
+        done: list[dict] = []
+        for kind in plan:
+            time.sleep(rng.uniform(1.0, 4.0))
+            at = round(time.monotonic() - started, 1)
+            if kind == "stack":
+                children = descendants(up.proc.pid)
+                up.kill()
+                assert wait_gone(children, timeout=20) == [], "kill -9 of the stack left processes"
+                up = Up(service, env, "--workers", str(workers))
+                up.wait_ready()
+                done.append({"at_s": at, "what": "stack (sinks, broker, workers, gateway)"})
+                continue
+            pids = _wait_for_workers(up.proc.pid, workers)
+            victim = rng.choice(pids)
+            os.kill(victim, signal.SIGKILL)
+            done.append({"at_s": at, "what": "worker"})
+            if kind == "rebalance":  # the other worker, while the group takes the restarted one in
+                _wait_for_workers(up.proc.pid, workers, without=victim)
+                survivor = next(p for p in pids if p != victim)
+                os.kill(survivor, signal.SIGKILL)
+                done.append({"at_s": round(time.monotonic() - started, 1),
+                             "what": "worker during a rebalance"})
+        publisher.done.wait(timeout=900)
+        assert publisher.error is None, publisher.error
+        caught_up = wait_until_replay_equals_live(service, env)
+        up.interrupt()  # a clean stop
+    finally:
+        up.__exit__(None, None, None)  # whichever stack runs at the end: never left behind
     store = up.store
     query = "SELECT toString(event_id) FROM ledger"
     ids = [r.strip('"') for r in csv_rows(cli("sql", "--store", str(store), "--format", "csv",
