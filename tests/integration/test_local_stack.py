@@ -11,27 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.stack_driver import descendants, wait_gone
+
 pytestmark = pytest.mark.integration
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for status in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = status.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(status.parent.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def start_demo(tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
@@ -42,17 +24,10 @@ def start_demo(tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
     kids: list[int] = []
     while len(kids) < 2 and time.monotonic() < deadline:  # the broker and a worker
         time.sleep(0.5)
-        kids = children(demo.pid)
+        kids = descendants(demo.pid)
     assert len(kids) >= 2, "the demo should have started a broker and a worker"
     time.sleep(2)
     return demo, kids
-
-
-def wait_gone(pids: list[int], timeout: float = 30) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(alive(p) for p in pids):
-        time.sleep(0.2)
-    return [p for p in pids if alive(p)]
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "kill -9"])
