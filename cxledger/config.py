@@ -3,6 +3,13 @@
 Nothing below the CLI reads environment variables. Precedence: defaults < config file
 (``--config`` or ``CXLEDGER_CONFIG``) < environment variables < command-line flags.
 
+Everything is checked when the settings are loaded, and a mistake is one line (``cxledger:
+...``, exit 2), never a traceback: a table or key of the config file that cxledger does not read
+(``[sink] batch_rowz``: "unknown setting 'batch_rowz' in [sink]; did you mean 'batch_rows'?",
+with the file's path), a value of the wrong kind or out of range in a variable or the file
+(``CXLEDGER_LEDGER_PARTITIONS=abc``, ``port = 70000``, ``CXLEDGER_LIVE_CLOCK=maybe``,
+``CXLEDGER_LOG_LEVEL=verbose``), a secret file that cannot be read. Secrets are never echoed.
+
 Environment variables:
   CXLEDGER_KAFKA_BOOTSTRAP          Kafka bootstrap servers; unset = start the local broker
   CXLEDGER_KAFKA_SECURITY_PROTOCOL  passed to librdkafka as security.protocol (e.g. SASL_SSL)
@@ -13,7 +20,10 @@ Environment variables:
   CXLEDGER_CLICKHOUSE_DSN           e.g. http://user:pass@host:8123/cx; unset = chdb:///<store>
   CXLEDGER_STORE                    directory of the embedded store (default ./.cxledger/store)
   CXLEDGER_LEDGER_PARTITIONS        partitions of the ledger topic (default 6)
-  CXLEDGER_RULES                    path of a rules file (default: the shipped rules)
+  CXLEDGER_RULES                    path of a rules file (default: the shipped rules); the
+                                    store's views are built from it (recreated when it changes:
+                                    sinks.clickhouse.refresh_views), the dashboards are rendered
+                                    with it (python -m cxledger.dashboard_rules)
   CXLEDGER_LOG_FORMAT               console | json (default: console on a terminal, else json)
   CXLEDGER_LOG_LEVEL                debug | info | warning | error
   CXLEDGER_LIVE_CLOCK               true | false: idle partitions' clocks follow wall time
@@ -27,6 +37,25 @@ Environment variables:
                                     (default 127.0.0.1:8080)
   CXLEDGER_BROKER_HOST, _PORT       where the local broker listens when no Kafka is configured
                                     (default 127.0.0.1 and a free port)
+  CXLEDGER_METRICS_PORT             /healthz, /readyz and /metrics (cxledger.health) of
+                                    `cxledger process`, `cxledger sink` and `cxledger up`
+                                    (default 9108; 0 = a free port; TOML [metrics] port;
+                                    --metrics-port of process and sink). A configured port must
+                                    be free; the default gives way to a free port (logged) when
+                                    9108 is taken, e.g. by a second worker on one machine
+  CXLEDGER_METRICS_HOST             their listen address (default 0.0.0.0 for process and sink,
+                                    which run in containers and pods; 127.0.0.1 for up)
+                                    `cxledger up` serves its own on the metrics port: the
+                                    sinks' and the query endpoint's metrics, and, fetched at each
+                                    scrape, those of every worker and of the gateway with a
+                                    `child` label; each worker it starts serves its own on a free
+                                    loopback port. `cxledger status` shows the address.
+  CXLEDGER_<SECRET>_FILE            read that secret from a file (a mounted secret; a final
+                                    newline is dropped): CXLEDGER_KAFKA_SASL_PASSWORD_FILE,
+                                    CXLEDGER_SCHEMA_REGISTRY_AUTH_FILE, CXLEDGER_CLICKHOUSE_DSN_FILE,
+                                    CXLEDGER_QUERY_PASSWORD_FILE (and, as before,
+                                    CXLEDGER_PII_HMAC_KEY_FILE, CXLEDGER_GATEWAY_KEYS_FILE). The
+                                    variable itself, when set, wins over its file
 
 The ingest gateway (``cxledger gateway``; TOML ``[gateway]`` and ``[gateway.keys.<name>]``):
   CXLEDGER_GATEWAY_KEYS             its API keys as JSON: {"<name>": {"sha256": "<hex>",
@@ -61,7 +90,9 @@ Secrets (passwords, keys, the DSN's password, the registry's user:password) neve
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
 import re
 import tomllib
@@ -82,6 +113,11 @@ DERIVED_TOPIC_OF = {
     "churn.risk_changed": "churn_risk",
     "tier.change_proposed": "tier_changes",
     "tier.changed": "tier_changes",
+    "feedback.sla_breached": "feedback_breaches",
+    "hall.survey_month_updated": "hall_satisfaction",
+    "hall.survey_month_closed": "hall_months",  # read by the hall-months fold (processors.halls)
+    "hall.key_improvement_flagged": "hall_key_improvement",
+    "hall.key_improvement_cleared": "hall_key_improvement",
 }
 
 
@@ -101,6 +137,10 @@ class Topics:
         "complaint_state": "cx.complaint.state",
         "churn_risk": "cx.churn.risk",
         "tier_changes": "cx.tier.changes",
+        "feedback_breaches": "cx.feedback.breaches",
+        "hall_satisfaction": "cx.hall.satisfaction",
+        "hall_months": "cx.hall.months",
+        "hall_key_improvement": "cx.hall.key_improvement",
     })
 
     def for_derived(self, event_type: str) -> str:
@@ -193,8 +233,12 @@ class Settings:
     gateway_shutdown_flush: float = 5.0
     gateway_rate: float = 5_000.0
     gateway_burst: int = 10_000
+    # /healthz, /readyz and /metrics (cxledger.health): None = the command's default (port 9108;
+    # host 0.0.0.0 for `process` and `sink`, 127.0.0.1 for `up` and the workers it starts)
+    metrics_port: int | None = None
+    metrics_host: str | None = None
 
-    # -- security settings (issue 7): TLS of the query endpoint, PII pseudonyms, redaction ----
+    # -- security settings: TLS of the query endpoint, PII pseudonyms, redaction ----
     # The query endpoint serves HTTPS when both are set (PEM certificate chain, PEM key).
     query_tls_cert: Path | None = None
     query_tls_key: Path | None = None
@@ -256,7 +300,13 @@ class Settings:
         if not self.kafka_bootstrap:
             raise RuntimeError("no Kafka bootstrap configured: start the local stack first "
                                "or set CXLEDGER_KAFKA_BOOTSTRAP")
-        return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka_client, **extra}
+        return {"bootstrap.servers": self.kafka_bootstrap, "logger": kafka_logger(),
+                **self.kafka_client, **extra}
+
+    def metrics_address(self, default_host: str = "0.0.0.0") -> tuple[str, int]:
+        """Where /healthz, /readyz and /metrics are served: (host, port)."""
+        return (self.metrics_host or default_host,
+                DEFAULT_METRICS_PORT if self.metrics_port is None else self.metrics_port)
 
     def with_(self, **changes: Any) -> "Settings":
         return replace(self, **changes)
@@ -311,6 +361,12 @@ class Settings:
                   f"shutdown_flush = {float(self.gateway_shutdown_flush)}",
                   f"rate = {float(self.gateway_rate)}", f"burst = {self.gateway_burst}"]
         lines += [key.toml().rstrip("\n") for key in self.gateway_keys]
+        if self.metrics_port is not None or self.metrics_host:
+            lines.append("[metrics]")
+            if self.metrics_port is not None:
+                lines.append(f"port = {self.metrics_port}")
+            if self.metrics_host:
+                lines.append(f"host = {q(self.metrics_host)}")
         lines += self._security_toml()
         return "\n".join(lines) + "\n"
 
@@ -323,6 +379,43 @@ _KAFKA_ENV = {
     "CXLEDGER_KAFKA_SSL_CA_LOCATION": "ssl.ca.location",
 }
 
+# Secret variables that may instead name a file holding the value (a mounted secret):
+# CXLEDGER_<NAME>_FILE. The variable itself wins when both are set. (CXLEDGER_PII_HMAC_KEY_FILE
+# and CXLEDGER_GATEWAY_KEYS_FILE are read where their settings are.)
+SECRET_FILE_VARIABLES = {
+    "CXLEDGER_KAFKA_SASL_PASSWORD": "CXLEDGER_KAFKA_SASL_PASSWORD_FILE",
+    "CXLEDGER_SCHEMA_REGISTRY_AUTH": "CXLEDGER_SCHEMA_REGISTRY_AUTH_FILE",
+    "CXLEDGER_CLICKHOUSE_DSN": "CXLEDGER_CLICKHOUSE_DSN_FILE",
+    "CXLEDGER_QUERY_PASSWORD": "CXLEDGER_QUERY_PASSWORD_FILE",
+}
+
+DEFAULT_METRICS_PORT = 9108
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("console", "json")
+
+# The config file's tables and keys: a key not listed is a typo, and an error. A nested dict is
+# a sub-table with its own keys; "any" takes any keys (librdkafka properties); "derived" the
+# keys of Topics.derived; "keys" the gateway's key entries (checked by parse_gateway_keys).
+_TOML_SCHEMA: dict[str, dict[str, Any]] = {
+    "kafka": {"bootstrap": None, "client": "any"},
+    "schema_registry": {"url": None, "auth": None},
+    "clickhouse": {"dsn": None, "store": None},
+    "topics": {"ledger": None, "deadletter": None, "partitions": None,
+               "replication_factor": None, "processors_app": None, "derived": "derived"},
+    "rules": {"path": None},
+    "log": {"level": None, "format": None},
+    "sink": {"batch_rows": None, "batch_seconds": None},
+    "processors": {"live_clock": None},
+    "query": {"host": None, "port": None, "user": None, "password": None,
+              "max_execution_time": None, "tls": {"cert": None, "key": None}},
+    "broker": {"host": None, "port": None},
+    "gateway": {"host": None, "port": None, "acks_wait_for_store": None, "max_body_bytes": None,
+                "max_events": None, "ack_timeout": None, "shutdown_flush": None, "rate": None,
+                "burst": None, "keys": "keys"},
+    "pii": {"hmac_key": None, "hmac_key_file": None},
+    "metrics": {"port": None, "host": None},
+}
+
 
 class ConfigError(ValueError):
     pass
@@ -330,8 +423,13 @@ class ConfigError(ValueError):
 
 def load_settings(config_file: str | Path | None = None,
                   environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings from defaults, then the TOML file, then the environment."""
-    env = os.environ if environ is None else environ
+    """Settings from defaults, then the TOML file, then the environment.
+
+    Everything is checked here, so a mistake is one ConfigError naming the variable, or the file
+    and the key, never a traceback later: an unknown table or key in the file (``batch_rowz``),
+    a value of the wrong kind (``CXLEDGER_LEDGER_PARTITIONS=abc``), a number out of range, a
+    secret file that cannot be read."""
+    env = _with_secret_files(os.environ if environ is None else environ)
     path = config_file or env.get("CXLEDGER_CONFIG")
     data: dict[str, Any] = {}
     if path:
@@ -339,78 +437,243 @@ def load_settings(config_file: str | Path | None = None,
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} not found") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path}: not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-    kafka = data.get("kafka", {})
-    topics_data = dict(data.get("topics", {}))
-    derived = {**Topics().derived, **topics_data.pop("derived", {})}
-    try:
-        topics = Topics(**topics_data, derived=derived)
-    except TypeError as exc:
-        raise ConfigError(f"{path}: [topics]: {exc}") from None
-    if env.get("CXLEDGER_LEDGER_PARTITIONS"):
-        topics = replace(topics, partitions=int(env["CXLEDGER_LEDGER_PARTITIONS"]))
-    client = {str(k): str(v) for k, v in kafka.get("client", {}).items()}
+        _check_tables(data, _TOML_SCHEMA, path, "")
+    read = _Reader(data, env, path)
+    client = {}
+    for key, value in read.table("kafka", "client").items():
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{path}: [kafka.client] {key!r} must be a single value (a "
+                              "librdkafka property), not a table or a list")
+        client[str(key)] = (("true" if value else "false") if isinstance(value, bool)
+                            else str(value))
     client.update({key: env[name] for name, key in _KAFKA_ENV.items() if env.get(name)})
-    registry = data.get("schema_registry", {})
-    clickhouse = data.get("clickhouse", {})
-    sink = data.get("sink", {})
-    logs = data.get("log", {})
-    query = data.get("query", {})
-    gateway = data.get("gateway", {})
-    broker = data.get("broker", {})
-    broker_port = env.get("CXLEDGER_BROKER_PORT") or broker.get("port")
-    rules = env.get("CXLEDGER_RULES") or data.get("rules", {}).get("path")
+    topics = _topics(read)
+    rules = read.value(_STR, "CXLEDGER_RULES", "rules", "path", None)
+    log_format = read.value(_choice(LOG_FORMATS), "CXLEDGER_LOG_FORMAT", "log", "format", None)
     return Settings(
-        kafka_bootstrap=env.get("CXLEDGER_KAFKA_BOOTSTRAP") or kafka.get("bootstrap"),
+        kafka_bootstrap=read.value(_STR, "CXLEDGER_KAFKA_BOOTSTRAP", "kafka", "bootstrap", None),
         kafka_client=client,
-        schema_registry_url=env.get("CXLEDGER_SCHEMA_REGISTRY_URL") or registry.get("url"),
-        schema_registry_auth=env.get("CXLEDGER_SCHEMA_REGISTRY_AUTH") or registry.get("auth"),
-        clickhouse_dsn=env.get("CXLEDGER_CLICKHOUSE_DSN") or clickhouse.get("dsn"),
-        store=Path(env.get("CXLEDGER_STORE") or clickhouse.get("store") or ".cxledger/store"),
+        schema_registry_url=read.value(_STR, "CXLEDGER_SCHEMA_REGISTRY_URL", "schema_registry",
+                                       "url", None),
+        schema_registry_auth=read.value(_STR, "CXLEDGER_SCHEMA_REGISTRY_AUTH", "schema_registry",
+                                        "auth", None, secret=True),
+        clickhouse_dsn=read.value(_STR, "CXLEDGER_CLICKHOUSE_DSN", "clickhouse", "dsn", None,
+                                  secret=True),
+        store=Path(read.value(_STR, "CXLEDGER_STORE", "clickhouse", "store", None)
+                   or ".cxledger/store"),
         topics=topics,
         rules_path=Path(rules) if rules else None,
-        log_format=env.get("CXLEDGER_LOG_FORMAT") or logs.get("format"),
-        log_level=env.get("CXLEDGER_LOG_LEVEL") or logs.get("level", "info"),
-        sink_batch_rows=int(sink.get("batch_rows", 20_000)),
-        sink_batch_seconds=float(sink.get("batch_seconds", 0.5)),
-        live_clock=_flag("CXLEDGER_LIVE_CLOCK", env.get("CXLEDGER_LIVE_CLOCK"),
-                         data.get("processors", {}).get("live_clock", True)),
-        query_host=env.get("CXLEDGER_QUERY_HOST") or query.get("host", "127.0.0.1"),
-        query_port=_number(int, "CXLEDGER_QUERY_PORT", env, query.get("port", 8123)),
-        query_user=env.get("CXLEDGER_QUERY_USER") or query.get("user", "default"),
-        query_password=env.get("CXLEDGER_QUERY_PASSWORD") or query.get("password"),
-        query_max_execution_time=_number(float, "CXLEDGER_QUERY_MAX_EXECUTION_TIME", env,
-                                         query.get("max_execution_time", 30.0)),
-        gateway_host=env.get("CXLEDGER_GATEWAY_HOST") or gateway.get("host", "127.0.0.1"),
-        gateway_port=_number(int, "CXLEDGER_GATEWAY_PORT", env, gateway.get("port", 8080)),
-        acks_wait_for_store=bool(gateway.get("acks_wait_for_store", False)),
-        broker_host=env.get("CXLEDGER_BROKER_HOST") or broker.get("host", "127.0.0.1"),
-        broker_port=(_number(int, "CXLEDGER_BROKER_PORT", {"CXLEDGER_BROKER_PORT": broker_port},
-                             None) if broker_port else None),
-        **_gateway_settings(gateway, env, path),
+        log_format=log_format,
+        log_level=read.value(_choice(LOG_LEVELS), "CXLEDGER_LOG_LEVEL", "log", "level", "info"),
+        sink_batch_rows=read.value(_int(1), None, "sink", "batch_rows", 20_000),
+        sink_batch_seconds=read.value(_float(positive=True), None, "sink", "batch_seconds", 0.5),
+        live_clock=read.value(_BOOL, "CXLEDGER_LIVE_CLOCK", "processors", "live_clock", True),
+        query_host=read.value(_STR, "CXLEDGER_QUERY_HOST", "query", "host", "127.0.0.1"),
+        query_port=read.value(_PORT, "CXLEDGER_QUERY_PORT", "query", "port", 8123),
+        query_user=read.value(_STR, "CXLEDGER_QUERY_USER", "query", "user", "default"),
+        query_password=read.value(_STR, "CXLEDGER_QUERY_PASSWORD", "query", "password", None,
+                                  secret=True),
+        query_max_execution_time=read.value(_float(positive=True),
+                                            "CXLEDGER_QUERY_MAX_EXECUTION_TIME", "query",
+                                            "max_execution_time", 30.0),
+        gateway_host=read.value(_STR, "CXLEDGER_GATEWAY_HOST", "gateway", "host", "127.0.0.1"),
+        gateway_port=read.value(_PORT, "CXLEDGER_GATEWAY_PORT", "gateway", "port", 8080),
+        acks_wait_for_store=read.value(_BOOL, None, "gateway", "acks_wait_for_store", False),
+        broker_host=read.value(_STR, "CXLEDGER_BROKER_HOST", "broker", "host", "127.0.0.1"),
+        broker_port=read.value(_PORT, "CXLEDGER_BROKER_PORT", "broker", "port", None),
+        metrics_port=read.value(_PORT, "CXLEDGER_METRICS_PORT", "metrics", "port", None),
+        metrics_host=read.value(_STR, "CXLEDGER_METRICS_HOST", "metrics", "host", None),
+        **_gateway_settings(read.table("gateway"), env, path, read),
         **_security_settings(data, env, path),
     )
 
 
-def _number(kind, name: str, env: Mapping[str, str], default):
-    value = env.get(name)
-    if value is None or value == "":
-        return kind(default)
-    try:
-        return kind(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+def _topics(read: "_Reader") -> Topics:
+    defaults = Topics()
+    derived = dict(defaults.derived)
+    for key, value in read.table("topics", "derived").items():
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{read.path}: [topics.derived] {key} must be a topic name, got "
+                              f"{value!r}")
+        derived[key] = value
+    name = _str(nonempty=True)
+    return Topics(
+        ledger=read.value(name, None, "topics", "ledger", defaults.ledger),
+        deadletter=read.value(name, None, "topics", "deadletter", defaults.deadletter),
+        partitions=read.value(_int(1), "CXLEDGER_LEDGER_PARTITIONS", "topics", "partitions",
+                              defaults.partitions),
+        replication_factor=read.value(_int(1), None, "topics", "replication_factor",
+                                      defaults.replication_factor),
+        processors_app=read.value(name, None, "topics", "processors_app",
+                                  defaults.processors_app),
+        derived=derived,
+    )
 
 
-def _flag(name: str, value: str | None, default: bool) -> bool:
-    if value is None:
-        return bool(default)
-    if value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {value!r}")
+def _check_tables(data: Mapping[str, Any], schema: Mapping[str, Any], path: Any,
+                  where: str) -> None:
+    """Every table and key of the config file is one cxledger reads (see _TOML_SCHEMA)."""
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else key
+        if key not in schema:
+            known = sorted(schema)
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            if not where:
+                raise ConfigError(f"{path}: unknown table [{key}]{hint} (the tables are "
+                                  f"{', '.join(f'[{k}]' for k in known)})")
+            raise ConfigError(f"{path}: unknown setting {key!r} in [{where}]{hint} (the "
+                              f"settings there are {', '.join(known)})")
+        spec = schema[key]
+        is_table = isinstance(value, dict)
+        if spec is None:
+            if is_table:
+                raise ConfigError(f"{path}: [{name}] is a setting, not a table: write "
+                                  f"{key} = <value> in [{where}]")
+            continue
+        if not is_table:
+            raise ConfigError(f"{path}: {name} must be a table ([{name}]), got {value!r}")
+        if isinstance(spec, dict):
+            _check_tables(value, spec, path, name)
+        elif spec == "derived":
+            _check_tables(value, dict.fromkeys(Topics().derived), path, name)
+        # "any" (librdkafka properties) and "keys" (parse_gateway_keys) are checked by readers
+
+
+def _with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
+    """``env`` with each secret variable that is unset taken from its ``_FILE`` variable."""
+    loaded = {}
+    for name, file_variable in SECRET_FILE_VARIABLES.items():
+        if env.get(name) or not env.get(file_variable):
+            continue
+        path = Path(env[file_variable])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise ConfigError(f"{file_variable}: cannot read {path} ({reason})") from None
+        value = text.rstrip("\r\n")
+        if not value:
+            raise ConfigError(f"{file_variable}: {path} is empty")
+        loaded[name] = value
+    return {**env, **loaded} if loaded else env
+
+
+# -- kinds of values: parse a string (environment) or a TOML value, or say what was expected ----
+@dataclass(frozen=True)
+class _Kind:
+    parse: Any  # value -> converted value; raises ValueError or TypeError
+    expected: str  # "a whole number of at least 1"
+
+
+def _int(minimum: int | None = None, maximum: int | None = None) -> _Kind:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError
+            value = int(value)
+        number = int(value.strip()) if isinstance(value, str) else value
+        if not isinstance(number, int):
+            raise TypeError
+        if (minimum is not None and number < minimum) or (maximum is not None
+                                                           and number > maximum):
+            raise ValueError
+        return number
+
+    bounds = (f" from {minimum} to {maximum}" if minimum is not None and maximum is not None
+              else f" of at least {minimum}" if minimum is not None else "")
+    return _Kind(parse, "a whole number" + bounds)
+
+
+def _float(positive: bool = False, minimum: float | None = None) -> _Kind:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError
+        number = float(value.strip()) if isinstance(value, str) else float(value)
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError
+        if (positive and number <= 0) or (minimum is not None and number < minimum):
+            raise ValueError
+        return number
+
+    return _Kind(parse, "a number" + (" above 0" if positive else f" of at least {minimum}"
+                                      if minimum is not None else ""))
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+    raise ValueError
+
+
+def _str(nonempty: bool = False) -> _Kind:
+    def parse(value: Any) -> str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise TypeError
+        text = str(value)
+        if nonempty and not text:
+            raise ValueError
+        return text
+
+    return _Kind(parse, "a non-empty string" if nonempty else "a string")
+
+
+def _choice(options: tuple[str, ...]) -> _Kind:
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or value.strip().lower() not in options:
+            raise ValueError
+        return value.strip().lower()
+
+    return _Kind(parse, "one of " + ", ".join(options))
+
+
+_STR = _str()
+_BOOL = _Kind(_parse_bool, "true or false")
+_PORT = _int(0, 65535)
+
+
+class _Reader:
+    """One setting at a time: the environment variable (when set and not empty) over the
+    config file's key over the default, converted and checked as ``kind`` says."""
+
+    def __init__(self, data: Mapping[str, Any], env: Mapping[str, str], path: Any):
+        self.data, self.env, self.path = data, env, path
+
+    def table(self, *names: str) -> Mapping[str, Any]:
+        table: Any = self.data
+        for name in names:
+            table = table.get(name, {}) if isinstance(table, Mapping) else {}
+        return table if isinstance(table, Mapping) else {}
+
+    def value(self, kind: _Kind, variable: str | None, section: str, key: str, default: Any,
+              secret: bool = False) -> Any:
+        raw = self.env.get(variable) if variable else None
+        if raw is not None and raw != "":
+            where, value = variable, raw
+        else:
+            table = self.table(*section.split("."))
+            if key not in table:
+                return default
+            where, value = f"{self.path}: [{section}] {key}", table[key]
+        try:
+            return kind.parse(value)
+        except (TypeError, ValueError):
+            shown = "" if secret else f", got {value!r}"
+            raise ConfigError(f"{where} must be {kind.expected}{shown}") from None
 
 
 # -- the ingest gateway's settings -------------------------------------------------------------
@@ -420,8 +683,9 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _gateway_settings(table: Mapping[str, Any], env: Mapping[str, str],
-                      path: Any) -> dict[str, Any]:
+                      path: Any, read: "_Reader | None" = None) -> dict[str, Any]:
     """The gateway_* fields of Settings from the TOML ``[gateway]`` table and the environment."""
+    read = read or _Reader({"gateway": table}, env, path)
     keys = {k.name: k for k in parse_gateway_keys(table.get("keys", {}),
                                                   f"{path}: [gateway.keys]")}
     keys_file = env.get("CXLEDGER_GATEWAY_KEYS_FILE")
@@ -435,25 +699,22 @@ def _gateway_settings(table: Mapping[str, Any], env: Mapping[str, str],
                               '{"<name>": {"sha256": ..., "channels": [...], '
                               '"event_types": [...]}}') from None
         keys.update((k.name, k) for k in parse_gateway_keys(entries, "CXLEDGER_GATEWAY_KEYS"))
-    settings = {
+    return {
         "gateway_keys": tuple(keys.values()),
-        "gateway_max_body_bytes": _number(int, "CXLEDGER_GATEWAY_MAX_BODY_BYTES", env,
-                                          table.get("max_body_bytes", 10 * 1024 * 1024)),
-        "gateway_max_events": _number(int, "CXLEDGER_GATEWAY_MAX_EVENTS", env,
-                                      table.get("max_events", 10_000)),
-        "gateway_ack_timeout": _number(float, "CXLEDGER_GATEWAY_ACK_TIMEOUT", env,
-                                       table.get("ack_timeout", 10.0)),
-        "gateway_shutdown_flush": _number(float, "CXLEDGER_GATEWAY_SHUTDOWN_FLUSH", env,
-                                          table.get("shutdown_flush", 5.0)),
-        "gateway_rate": _number(float, "CXLEDGER_GATEWAY_RATE", env, table.get("rate", 5_000.0)),
-        "gateway_burst": _number(int, "CXLEDGER_GATEWAY_BURST", env, table.get("burst", 10_000)),
+        "gateway_max_body_bytes": read.value(_int(1), "CXLEDGER_GATEWAY_MAX_BODY_BYTES",
+                                             "gateway", "max_body_bytes", 10 * 1024 * 1024),
+        "gateway_max_events": read.value(_int(1), "CXLEDGER_GATEWAY_MAX_EVENTS", "gateway",
+                                         "max_events", 10_000),
+        "gateway_ack_timeout": read.value(_float(positive=True), "CXLEDGER_GATEWAY_ACK_TIMEOUT",
+                                          "gateway", "ack_timeout", 10.0),
+        "gateway_shutdown_flush": read.value(_float(minimum=0),
+                                             "CXLEDGER_GATEWAY_SHUTDOWN_FLUSH", "gateway",
+                                             "shutdown_flush", 5.0),
+        "gateway_rate": read.value(_float(positive=True), "CXLEDGER_GATEWAY_RATE", "gateway",
+                                   "rate", 5_000.0),
+        "gateway_burst": read.value(_int(1), "CXLEDGER_GATEWAY_BURST", "gateway", "burst",
+                                    10_000),
     }
-    for name in ("gateway_max_body_bytes", "gateway_max_events", "gateway_ack_timeout",
-                 "gateway_rate", "gateway_burst"):
-        if settings[name] <= 0:
-            raise ConfigError(f"gateway setting {name.removeprefix('gateway_')} must be "
-                              f"positive, got {settings[name]}")
-    return settings
 
 
 def _gateway_keys_file(path: Path) -> list[GatewayKey]:
@@ -509,7 +770,7 @@ def parse_gateway_keys(entries: Any, where: str) -> list[GatewayKey]:
     return keys
 
 
-# -- security settings (issue 7): TLS of the query endpoint, PII pseudonyms, redaction --------
+# -- security settings: TLS of the query endpoint, PII pseudonyms, redaction --------
 PII_KEY_MIN_CHARS = 32
 
 
@@ -550,6 +811,12 @@ def _read_key_file(path: Path, where: str) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or "not UTF-8 text"
         raise ConfigError(f"{where}: cannot read the key file {path} ({reason})") from None
+
+
+def kafka_logger() -> logging.Logger:
+    """The standard-library logger every librdkafka client of ours logs through (``logger=`` in
+    ``Settings.kafka_conf``): cxledger.logs renders its lines like every other log line."""
+    return logging.getLogger("librdkafka")
 
 
 def is_secret_kafka_key(key: str) -> bool:

@@ -19,6 +19,11 @@ own parse of the text (``formatQuerySingleLine`` with the text as a query parame
 
 Run one on its own: ``python -m cxledger.query_endpoint --store DIR --port 8123 --user U --password P``.
 
+Metrics (cxledger.metrics, served by ``cxledger up`` on its metrics port):
+``cxledger_query_duration_seconds{outcome, format}`` (outcome ok | client_error | server_error,
+format the output format or "other"; authentication failures count as client_error) and
+``cxledger_queries_in_flight``.
+
 TLS: with a certificate and its key (``tls_cert``/``tls_key``; ``--tls-cert``/``--tls-key``, or
 CXLEDGER_QUERY_TLS_CERT/CXLEDGER_QUERY_TLS_KEY) the endpoint serves HTTPS only (TLS 1.2 or later),
 as ClickHouse's ``https_port`` does: clients connect to ``https://host:port`` and check the
@@ -211,7 +216,8 @@ class QueryEndpoint:
 
     def __init__(self, store: Path, users: Mapping[str, str], host: str = "127.0.0.1", port: int = 8123,
                  max_execution_time: float = 30.0, max_concurrent_queries: int = 16,
-                 tls_cert: Path | str | None = None, tls_key: Path | str | None = None):
+                 tls_cert: Path | str | None = None, tls_key: Path | str | None = None,
+                 metrics: Any = None):
         if not users:
             raise ValueError("the query endpoint needs at least one user: it has no anonymous access")
         if max_execution_time <= 0:
@@ -229,6 +235,12 @@ class QueryEndpoint:
         self.tls_cert = Path(tls_cert) if tls_cert else None
         self.tls_key = Path(tls_key) if tls_key else None
         self.stats = QueryStats()
+        if metrics is None:
+            from cxledger.metrics import process_metrics
+
+            metrics = process_metrics()
+        self.metrics = metrics
+        self._formats: dict[str, str] = {}  # lower-case name -> ClickHouse's spelling
         self._running = 0
         self._anchor: Any = None
         self._pool: ThreadPoolExecutor | None = None
@@ -278,7 +290,10 @@ class QueryEndpoint:
                                         thread_name_prefix="cxledger-query")
         tls = ({"ssl_certfile": str(self.tls_cert), "ssl_keyfile": str(self.tls_key),
                 "ssl_version": ssl.PROTOCOL_TLS_SERVER} if self.tls_cert else {})
+        # log_config=None: uvicorn's records go to the root logger, rendered like every other
+        # line (cxledger.logs), not through uvicorn's own plain-text handlers
         config = uvicorn.Config(self._app(), log_level="warning", access_log=False, lifespan="off",
+                                log_config=None,
                                 server_header=False, timeout_keep_alive=KEEP_ALIVE_SECONDS,
                                 timeout_graceful_shutdown=5, **tls)
         if self.tls_cert:  # uvicorn's context would accept TLS 1.0 and 1.1
@@ -342,6 +357,8 @@ class QueryEndpoint:
             "SELECT name FROM system.table_functions WHERE NOT allow_readonly")}
         self._refused_functions = frozenset((refused - scalar) | _REFUSED_FUNCTIONS)
         self._timezone = self._rows("SELECT timezone()")[0][0]
+        self._formats = {name.lower(): name for (name,) in self._rows(
+            "SELECT name FROM system.formats WHERE is_output")}
         self._version = chdb.engine_version
 
     def _close_store(self) -> None:
@@ -389,6 +406,7 @@ class QueryEndpoint:
         if request.method in ("GET", "HEAD") and request.url.path == "/" and "query" not in names:
             return await self._ping(request)  # ClickHouse answers "Ok." on the root without a query
         user = ""
+        fmt = request.headers.get("x-clickhouse-format") or _first(params, "default_format")
         try:
             user = self._authenticate(request, params)
             call = _Call(
@@ -404,27 +422,38 @@ class QueryEndpoint:
             self._running += 1
             self.stats.queries += 1
             self.stats.last_query_at = datetime.now(timezone.utc)
+            self.metrics.queries_in_flight.inc()
             try:
                 loop = asyncio.get_running_loop()
                 answer = await loop.run_in_executor(self._pool, self._execute, call)
             finally:
                 self._running -= 1
+                self.metrics.queries_in_flight.dec()
         except ClickHouseError as err:
             self.stats.errors += 1
             log.info("query failed", query_id=query_id, user=user, error=err.name, code=self._code(err),
                      elapsed_ms=round((time.monotonic() - started) * 1000, 1))
+            self._observe("client_error" if self._code(err) < 500 else "server_error", fmt, started)
             return self._error_response(err, query_id, request)
         except Exception as exc:  # a bug here, not a ClickHouse error: say so in ClickHouse's form
             self.stats.errors += 1
             log.exception("query endpoint error", query_id=query_id)
+            self._observe("server_error", fmt, started)
             return self._error_response(self._error("STD_EXCEPTION", f"{type(exc).__name__}: {exc}"),
                                         query_id, request)
+        self._observe("ok", answer.headers.get("X-ClickHouse-Format") or fmt, started)
         log.debug("query", query_id=query_id, user=user, elapsed_ms=round((time.monotonic() - started) * 1000, 1),
                   format=answer.headers.get("X-ClickHouse-Format"), bytes=len(answer.body))
         headers = {"X-ClickHouse-Server-Display-Name": self._display_name,
                    "Keep-Alive": f"timeout={KEEP_ALIVE_SECONDS}", **answer.headers}
         _cors(request, params, headers)
         return Response(answer.body, headers=headers)
+
+    def _observe(self, outcome: str, fmt: str | None, started: float) -> None:
+        """One request in ``cxledger_query_duration_seconds``; the format label is one of the
+        engine's output formats (or "other"), so a client's typo makes no new series."""
+        label = self._formats.get((fmt or "TabSeparated").lower(), "other")
+        self.metrics.query_seconds.labels(outcome, label).observe(time.monotonic() - started)
 
     def _authenticate(self, request: Request, params: list[tuple[str, str]]) -> str:
         """The user, from X-ClickHouse-User/Key, HTTP basic auth or user/password parameters."""

@@ -1,5 +1,13 @@
 """Confluent wire format on fastavro: magic byte 0, 4-byte big-endian schema id, Avro body.
 
+Schema ids: every process must map ids to schemas the same way (all with the same registry, or
+all with ``schemas/ids.json``). Every schema starts with the envelope fields ``event_id`` and
+``event_type`` (two Avro strings), so the event type a message holds can be read without its
+schema; ``decode`` checks it against the type its schema id stands for here, and a message
+framed with an id this process maps to another type (or does not know) whose body is one of
+our events fails with ``schema ids disagree: ...`` (``framing_problem`` says so without
+decoding; cxledger.schema_ids checks the topics with it at start).
+
 Records are the in-memory "record form" of an event: a plain dict with the field names of the
 contract, ``occurred_at`` (and other timestamps) as int epoch milliseconds, money as
 ``decimal.Decimal``, ids as str. Reading skips fastavro's timestamp/uuid conversions (the
@@ -45,12 +53,20 @@ class CatalogueIds:
         self.catalogue = catalogue or default_catalogue()
         self._by_id = self.catalogue.by_id()
 
+    def describe(self) -> str:
+        return "ids from schemas/ids.json: no CXLEDGER_SCHEMA_REGISTRY_URL"
+
     def writer_id(self, event_type: str) -> int:
         return self.catalogue.latest(event_type).schema_id
 
     def schema_for_id(self, schema_id: int) -> tuple[str, dict[str, Any]]:
         v = self._by_id[schema_id]
         return v.event_type, v.definition
+
+
+def _describe(ids: Any) -> str:
+    describe = getattr(ids, "describe", None)
+    return describe() if callable(describe) else type(ids).__name__
 
 
 def _strip_logical(node: Any) -> Any:
@@ -62,6 +78,49 @@ def _strip_logical(node: Any) -> Any:
     if isinstance(node, list):
         return [_strip_logical(v) for v in node]
     return node
+
+
+def _read_long(data: bytes, pos: int) -> tuple[int, int]:
+    """An Avro long (zig-zag varint) at ``pos``: (value, next position)."""
+    shift = result = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+
+
+def _read_string(data: bytes, pos: int, limit: int = 256) -> tuple[str, int]:
+    length, pos = _read_long(data, pos)
+    if length < 0 or length > limit or pos + length > len(data):
+        raise ValueError("not a short string")
+    return data[pos:pos + length].decode("utf-8"), pos + length
+
+
+def body_event_type(data: bytes) -> str | None:
+    """The ``event_type`` of a Confluent-framed event without its schema (the envelope's second
+    field, after ``event_id``), or None when the body does not start like an event of ours."""
+    try:
+        _, pos = _read_string(data, 5)
+        event_type, _ = _read_string(data, pos)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return event_type
+
+
+def _decodes(data: bytes, definition: dict[str, Any]) -> bool:
+    """``data`` (framed) is exactly one record of ``definition``."""
+    buf = io.BytesIO(data)
+    buf.seek(5)
+    try:
+        fastavro.schemaless_reader(buf, _reading_schema(definition), None)
+    except Exception:
+        return False
+    return buf.tell() == len(data)
 
 
 def _reading_schema(definition: dict[str, Any]) -> dict[str, Any]:
@@ -120,15 +179,52 @@ class WireCodec:
         magic, schema_id = _HEADER.unpack_from(data)
         if magic != MAGIC:
             raise DecodeError(f"bad magic byte {magic} (expected 0: Confluent wire format)")
-        _, writer, reader = self._reader(schema_id)
+        try:
+            event_type, writer, reader = self._reader(schema_id)
+        except DecodeError:
+            raise DecodeError(self.framing_problem(data) or f"unknown schema id {schema_id}"
+                              ) from None
         buf = io.BytesIO(data)
         buf.seek(5)
         try:
             record = fastavro.schemaless_reader(buf, writer, reader)
         except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError...
-            raise DecodeError(f"schema id {schema_id}: Avro body does not decode: {exc!r}") from exc
+            raise DecodeError(self.framing_problem(data) or
+                              f"schema id {schema_id}: Avro body does not decode: {exc!r}") from exc
         if buf.tell() != len(data):
-            raise DecodeError(
-                f"schema id {schema_id}: {len(data) - buf.tell()} trailing bytes after the record"
-            )
+            raise DecodeError(self.framing_problem(data) or
+                              f"schema id {schema_id}: {len(data) - buf.tell()} trailing bytes "
+                              "after the record")
+        if record.get("event_type") != event_type:
+            raise DecodeError(self.framing_problem(data) or
+                              f"schema id {schema_id} is {event_type}, the record says "
+                              f"{str(record.get('event_type'))[:80]!r}")
         return record, schema_id
+
+    def framing_problem(self, data: bytes | None) -> str | None:
+        """Why ``data`` shows that its writer maps schema ids differently from this codec, or
+        None: the body is one of our events (its event_type names a type of the catalogue, and
+        it decodes with one of that type's schemas) but its id stands for another type here, or
+        for nothing. Garbage is not evidence: None."""
+        if data is None or len(data) < 5 or data[0] != MAGIC:
+            return None
+        schema_id = _HEADER.unpack_from(data)[1]
+        body_type = body_event_type(data)
+        if body_type is None or body_type not in self.catalogue.versions:
+            return None
+        try:
+            mapped, _, _ = self._reader(schema_id)
+        except DecodeError:
+            mapped = None
+        if mapped == body_type:
+            return None
+        if not any(_decodes(data, version.definition)
+                   for version in reversed(self.catalogue.versions[body_type])):
+            return None
+        why = (f"its writer maps schema ids to schemas differently from this process "
+               f"({_describe(self.ids)}): a schema registry versus schemas/ids.json, another "
+               "registry, or a newer cxledger")
+        if mapped is None:
+            return f"unknown schema id {schema_id}: the body is a {body_type} event; {why}"
+        return (f"schema ids disagree: schema id {schema_id} is {mapped} here, the body is a "
+                f"{body_type} event; {why}")

@@ -5,6 +5,17 @@ Subjects follow the RecordNameStrategy: one subject per record (e.g.
 ``register_all`` (the ``cxledger schemas register`` command) registers every kept version in
 order and sets BACKWARD_TRANSITIVE on each subject, so the registry enforces what the repository
 tests check.
+
+``mock://<name>`` (confluent-kafka's MockSchemaRegistryClient, for development and tests) is a
+registry in the memory of the client itself: each ``registry_client("mock://...")`` starts empty
+and no other process (or client) sees what it registers; it hands out ids 1, 2, 3, ... in
+registration order and has no compatibility API, so ``register_all`` registers there without
+setting the compatibility level (the repository's own check, ``cxledger schemas check``, still
+applies).
+
+A registry hands out its own ids, which generally differ from ``schemas/ids.json``'s (a fresh
+registry's 1, 2, 3, ... even overlap them, for other schemas): every process must use the same
+registry or none. cxledger.schema_ids checks that at start.
 """
 
 from __future__ import annotations
@@ -23,7 +34,12 @@ def registry_client(url: str, basic_auth: str | None = None) -> SchemaRegistryCl
     conf: dict[str, Any] = {"url": url}
     if basic_auth:
         conf["basic.auth.user.info"] = basic_auth
-    return SchemaRegistryClient.new_client(conf)  # also accepts mock:// for development
+    return SchemaRegistryClient.new_client(conf)  # also accepts mock:// (see the docstring)
+
+
+def is_mock(client: SchemaRegistryClient) -> bool:
+    """confluent-kafka's in-memory registry (``mock://``)."""
+    return type(client).__name__ == "MockSchemaRegistryClient"
 
 
 class RegistryIds:
@@ -36,6 +52,9 @@ class RegistryIds:
         self.auto_register = auto_register
         self._ids: dict[str, int] = {}
         self._schemas: dict[int, tuple[str, dict[str, Any]]] = {}
+
+    def describe(self) -> str:
+        return "ids from the schema registry of CXLEDGER_SCHEMA_REGISTRY_URL"
 
     def writer_id(self, event_type: str) -> int:
         schema_id = self._ids.get(event_type)
@@ -69,12 +88,15 @@ class RegistryIds:
 
 
 def register_all(client: SchemaRegistryClient, catalogue: Catalogue | None = None) -> dict[str, list[int]]:
-    """Register every version of every schema, oldest first; returns subject -> ids."""
+    """Register every version of every schema, oldest first, and set BACKWARD_TRANSITIVE on
+    each subject (not on ``mock://``, which has no compatibility API); returns subject -> ids."""
     catalogue = catalogue or default_catalogue()
     registered: dict[str, list[int]] = {}
+    mock = is_mock(client)
     for versions in catalogue.versions.values():
         subject = versions[-1].full_name
-        client.set_compatibility(subject_name=subject, level=COMPATIBILITY)
+        if not mock:
+            client.set_compatibility(subject_name=subject, level=COMPATIBILITY)
         registered[subject] = [
             client.register_schema(subject, Schema(v.text, "AVRO")) for v in versions
         ]

@@ -28,11 +28,12 @@ restarts (replay reads the ledger back in position order).
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -42,6 +43,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from cxledger.config import Settings
+from cxledger.metrics import Metrics, process_metrics
 from schemas.codec import DecodeError, WireCodec
 from schemas.deadletter import deadletter_message
 
@@ -67,6 +69,8 @@ FENCE_HEADER = "cxledger-fence"
 
 DEADLETTER_COLUMNS = ("source_topic", "source_partition", "source_offset", "reason", "key",
                       "value_hex")
+
+STATS_INTERVAL_MS = 2_000  # librdkafka statistics: partition ends for the lag metric
 
 RETRY_FIRST_S = 0.5   # a batch the store refused is tried again after this, doubling each time,
 RETRY_MAX_S = 30.0    # up to this, with jitter
@@ -153,7 +157,8 @@ class ClickHouseSink:
                  batch_rows: int | None = None, batch_seconds: float | None = None,
                  consumer_extra: dict[str, Any] | None = None,
                  offset_base: Mapping[tuple[str, int], int] | None = None,
-                 screen: Screen | None = None, check: Check | None = None):
+                 screen: Screen | None = None, check: Check | None = None,
+                 metrics: Metrics | None = None):
         self.settings = settings
         self.client = client
         self.topics = topics
@@ -162,7 +167,14 @@ class ClickHouseSink:
         self.batch_rows = batch_rows or settings.sink_batch_rows
         self.batch_seconds = batch_seconds or settings.sink_batch_seconds
         self.name = group_id
-        self.consumer = Consumer(consumer_conf(settings, group_id, **(consumer_extra or {})))
+        # metrics (cxledger.metrics): librdkafka's statistics every STATS_INTERVAL_MS give the
+        # partitions' ends; the lag is computed against what this sink has written
+        self.metrics = metrics or process_metrics()
+        self.assignment: list[tuple[str, int]] = []  # this consumer's partitions
+        self._lag: dict[tuple[str, int], int] = {}
+        self.consumer = Consumer(consumer_conf(settings, group_id, **{
+            "statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": self._on_stats,
+            **(consumer_extra or {})}))
         self.deadletter = Producer(settings.kafka_conf(**{"enable.idempotence": True,
                                                          "linger.ms": 5}))
         self.offset_base = dict(offset_base or {})
@@ -171,6 +183,44 @@ class ClickHouseSink:
         self.stats = SinkStats()
         self._stop = threading.Event()  # set by ``run``'s caller: give up retrying, commit nothing
         self._subscribed = False
+        self.metrics.add_source(self, lag=self._lag_values, assigned=self._assigned_values,
+                                sink=self._sink_values)
+
+    # -- metrics (read at scrape time from another thread: plain values only) ----------------
+    def _on_stats(self, stats_json: str) -> None:
+        """librdkafka's statistics (in this sink's thread): the end of each assigned
+        partition; lag = end - the position after what the store holds (what is committed, or
+        where the consumer started). On Tansu the end is the last batch's base offset + 1
+        (README, Known limits), so it is also at least what this sink has read."""
+        try:
+            stats = json.loads(stats_json)
+        except ValueError:
+            return
+        written = self.stats.positions
+        lag: dict[tuple[str, int], int] = {}
+        for topic, info in stats.get("topics", {}).items():
+            for key, part in info.get("partitions", {}).items():
+                partition = int(key)
+                if partition < 0 or not part.get("desired"):
+                    continue
+                tp = (topic, partition)
+                end = max(int(part.get("hi_offset", -1)), written.get(tp, -1))
+                base = max(written.get(tp, -1), int(part.get("committed_offset", -1001)))
+                if base < 0:  # nothing written or committed yet: from the partition's start
+                    base = max(0, int(part.get("lo_offset", 0)))
+                if end >= 0:
+                    lag[tp] = max(0, end - base)
+        self._lag = lag
+
+    def _lag_values(self):
+        assigned = set(self.assignment)
+        return [(self.name, t, p, v) for (t, p), v in self._lag.items() if (t, p) in assigned]
+
+    def _assigned_values(self):
+        return [(self.name, len(self.assignment))]
+
+    def _sink_values(self):
+        return [(self.name, self.stats.last_write, self.stats.fault is not None)]
 
     def poll_batch(self) -> list[Message]:
         if not self._subscribed:
@@ -189,6 +239,7 @@ class ClickHouseSink:
                     batch.append(msg)
                 elif err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error", sink=self.name, error=str(err))
+        self.assignment = [(tp.topic, tp.partition) for tp in self.consumer.assignment()]
         return batch
 
     def write(self, batch: list[Message]) -> None:
@@ -197,11 +248,14 @@ class ClickHouseSink:
         if not batch:
             return
         pending = self._prepare(batch)
+        started = time.monotonic()
         if not self._store(pending):
             return  # stopping during a store fault: nothing committed, Kafka redelivers it
+        self.metrics.write_seconds.labels(self.name).observe(time.monotonic() - started)
         self._send_dead_letters(pending.dead)
         offsets = pending.offsets
         self._commit([TopicPartition(t, p, hi + 1) for (t, p), (_, hi) in offsets.items()])
+        self._count(batch, pending)
         self.stats.consumed += len(batch)
         self.stats.written += sum(len(r) for r in pending.rows.values())
         self.stats.deadlettered += len(pending.dead)
@@ -211,6 +265,15 @@ class ClickHouseSink:
             self.stats.positions[(t, p)] = hi + 1
         log.debug("batch written", sink=self.name, messages=len(batch),
                   deadlettered=len(pending.dead))
+
+    def _count(self, batch: list[Message], pending: _Pending) -> None:
+        m = self.metrics
+        for topic, n in Counter(map(Message.topic, batch)).items():
+            m.events_in.labels(self.name, topic).inc(n)
+        for (table, _), rows in pending.rows.items():
+            if rows:
+                m.rows_written.labels(self.name, table).inc(len(rows))
+        m.batch_messages.labels(self.name).observe(len(batch))
 
     def _prepare(self, batch: list[Message]) -> _Pending:
         rows: dict = defaultdict(list)
@@ -264,6 +327,7 @@ class ClickHouseSink:
                     self.stats.fault_since = now
                 self.stats.fault = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
                 self.stats.retries += 1
+                self.metrics.store_retries.labels(self.name).inc()
                 log.error("the store refused the batch; trying it again", sink=self.name,
                           attempt=attempt, retry_in_s=round(delay, 2), error=self.stats.fault,
                           failing_for_s=round(now - self.stats.fault_since, 1))
@@ -350,8 +414,11 @@ class ClickHouseSink:
                 delivered(exc, msg)
             log.warning("dead-lettered", sink=self.name, topic=msg.topic(),
                         partition=msg.partition(), offset=msg.offset(), reason=reason[:500])
+            self.metrics.dead_letter(reason, self.name)
         if dead:
             self.deadletter.flush(30)
+            self.metrics.events_out.labels(self.name, self.settings.topics.deadletter).inc(
+                len(dead))
 
     def _commit(self, offsets: list[TopicPartition]) -> None:
         try:
@@ -385,6 +452,8 @@ class ClickHouseSink:
     def close(self) -> None:
         if self.deadletter is None:
             return  # already closed
+        self.metrics.remove_source(self)
+        self.assignment = []
         try:
             self.consumer.close()
         finally:

@@ -1,4 +1,4 @@
-"""ClickHouse credentials and TLS pass through (issue 7, security), against the real query
+"""ClickHouse credentials and TLS pass through (security), against the real query
 endpoint (``python -m cxledger.query_endpoint``, which checks credentials) in a subprocess:
 
 - the DSN's user and password (``CXLEDGER_CLICKHOUSE_DSN``, URL-quoted) reach the server through

@@ -1,4 +1,4 @@
-"""Crash anywhere, lose nothing, double nothing (issue: reliability), the short seeded form:
+"""Crash anywhere, lose nothing, double nothing (reliability), the short seeded form:
 five SIGKILLs of processor workers (one during a rebalance) and of the whole stack while an SDK
 publisher flows, against a clean run of the same events. `make reliability` runs it longer."""
 

@@ -1,7 +1,7 @@
 """The hostile-input catalogue (``tests/data/hostile/``) through its paths, on the session's real
 broker and embedded ClickHouse with a real ledger sink.
 
-What is proved, case by case and over the whole catalogue (issue 7, item 3):
+What is proved, case by case and over the whole catalogue:
 - every case ends as the catalogue says: rejected with the field or ``FILE:LINE`` named,
   dead-lettered with the reason and the original bytes (table and topic), accepted exactly as
   sent, or accepted and flagged as an anomaly by the fold;

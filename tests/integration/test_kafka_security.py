@@ -1,4 +1,4 @@
-"""Kafka SASL and TLS settings pass through to librdkafka and to faust (issue 7, security).
+"""Kafka SASL and TLS settings pass through to librdkafka and to faust (security).
 
 What the local broker can do (``test_tansu_0_6_*``, kept as a canary: it fails the day the
 shipped Tansu can authenticate or serve TLS, and then these tests should move to it): Tansu 0.6.0

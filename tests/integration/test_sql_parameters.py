@@ -1,4 +1,4 @@
-"""Values reach SQL as bound parameters, never formatted into it (issue 7, security): a
+"""Values reach SQL as bound parameters, never formatted into it (security): a
 customer id made of quotes, backslashes, braces and SQL goes through the demo's summary and
 ``cxledger customer`` on a real store and comes back byte for byte, with the store unchanged.
 

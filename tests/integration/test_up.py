@@ -86,6 +86,7 @@ def test_a_detached_stack_serves_publishers_and_readers_until_down(tmp_path):
 
         status = cli("status", cwd=tmp_path, env=env)
         assert status.returncode == 0 and "query endpoint" in status.stdout, status.stdout
+        metrics_url = wait_for_metrics_url(store)
 
         events = list(simulate(1500, seed=3))
         published = cli("publish", str(write_jsonl(tmp_path / "traffic.jsonl", events)),
@@ -172,6 +173,10 @@ def test_a_detached_stack_serves_publishers_and_readers_until_down(tmp_path):
         assert doc["customer_id"] == customer and doc["timeline"]
         assert {"as_of", "tier", "churn_risk", "open_complaints"} <= set(doc)
 
+        # one scrape target for the stack: the sinks, the query endpoint, each worker and the
+        # gateway (child label); readiness; every log line of up and its workers is JSON
+        check_stack_metrics(metrics_url, events=1502, store=store)
+
         # replay through the running stack equals live, once the processors caught up
         deadline = time.monotonic() + 120
         while True:
@@ -188,6 +193,57 @@ def test_a_detached_stack_serves_publishers_and_readers_until_down(tmp_path):
     assert wait_gone([up_pid, *processes]) == []
     assert cli("status", cwd=tmp_path, env=env).returncode == 3
     assert chdb_output(store, RAW_QUERIES) == served
+
+
+def wait_for_metrics_url(store: Path, timeout: float = 30) -> str:
+    """Where the stack serves /metrics (status.json: 127.0.0.1:9108 unless that was taken)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = json.loads((store / "status.json").read_text())
+        except (OSError, ValueError):
+            status = {}
+        if status.get("metrics"):
+            return status["metrics"].removesuffix("/metrics")
+        time.sleep(0.3)
+    raise AssertionError("no metrics address in status.json")
+
+
+def check_stack_metrics(url: str, events: int, store: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> list:
+        code, body = http(f"{url}/metrics")
+        assert code == 200
+        return [s for f in text_string_to_metric_families(body.decode()) for s in f.samples]
+
+    def total(found, name, **labels) -> float:
+        return sum(s.value for s in found if s.name == name
+                   and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    code, body = http(f"{url}/readyz")
+    assert code == 200, body
+    assert json.loads(body)["checks"]["processors"]["worker-0"] == "ready"
+    deadline = time.monotonic() + 60
+    while True:
+        found = scrape()
+        folded = total(found, "cxledger_events_in_total", child="worker-0",
+                       consumer="cxledger-processors")
+        if folded >= events or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert folded >= events
+    assert total(found, "cxledger_events_in_total", consumer="cxledger-ledger-sink") >= events
+    assert total(found, "cxledger_sink_rows_written_total", table="ledger_events") >= events
+    assert total(found, "cxledger_query_duration_seconds_count", outcome="ok") >= 1
+    assert total(found, "cxledger_gateway_events_total", child="gateway",
+                 outcome="accepted") >= 1
+    assert total(found, "process_resident_memory_bytes", child="worker-0") > 0
+    assert any(s.name == "cxledger_consumer_lag" and s.labels.get("child") == "worker-0"
+               for s in found)
+    for name in ("up.log", "worker-0.log"):
+        lines = (store / "logs" / name).read_text().splitlines()
+        assert lines and all(json.loads(line) for line in lines if line.strip()), name
 
 
 def test_ctrl_c_then_up_again_continues_as_if_never_stopped(tmp_path):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 
+from cxledger.pipeline import is_worker_command
 from tests.stack_driver import (DERIVED, Up, clean_env, cli, csv_rows, descendants, free_port,
                                 table_rows, wait_gone, write_jsonl)
 
@@ -35,7 +36,7 @@ def cmdline(pid: int) -> str:
 
 
 def worker_pids(up_pid: int) -> list[int]:
-    return sorted(p for p in descendants(up_pid) if cmdline(p).rstrip().endswith(" process"))
+    return sorted(p for p in descendants(up_pid) if is_worker_command(cmdline(p)))
 
 
 @dataclass(eq=False)

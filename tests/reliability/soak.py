@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from cxledger.pipeline import is_worker_command
 from tests.reliability.chaos import cmdline
 from tests.stack_driver import Up, clean_env, cli, csv_rows, descendants, free_port
 
@@ -24,7 +25,7 @@ def role(pid: int, up_pid: int) -> str:
         return "up (sinks, query endpoint)"
     if "tansu" in line:
         return "broker"
-    if line.rstrip().endswith(" process"):
+    if is_worker_command(line):
         return "worker"
     if " gateway " in line or line.rstrip().endswith("gateway") or "--port" in line:
         return "gateway"

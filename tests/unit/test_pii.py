@@ -1,4 +1,4 @@
-"""Customer PII never enters the ledger in clear (issue 7, security): what is recognised (and
+"""Customer PII never enters the ledger in clear (security): what is recognised (and
 what is not), the refusal without a key, the keyed pseudonyms with one, field by field and by
 path (the SDK, and files, which publish through it), and the consumers' second check."""
 
