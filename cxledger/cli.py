@@ -13,7 +13,7 @@ from pathlib import Path
 
 import structlog
 
-from cxledger.config import ConfigError, Settings, load_settings
+from cxledger.config import ConfigError, Settings, load_settings, redact_dsn
 from cxledger.logs import configure_logging
 
 log = structlog.get_logger("cxledger")
@@ -199,15 +199,36 @@ def cmd_sql(args, settings: Settings) -> int:
     return 0
 
 
+def _metrics_flags(args, settings: Settings) -> Settings:
+    """The settings with ``--metrics-host``/``--metrics-port`` applied (process, sink)."""
+    if getattr(args, "metrics_host", None):
+        settings = settings.with_(metrics_host=args.metrics_host)
+    if getattr(args, "metrics_port", None) is not None:
+        settings = settings.with_(metrics_port=args.metrics_port)
+    return settings
+
+
 def cmd_sink(args, settings: Settings) -> int:
+    from cxledger.health import MetricsPortError, serve_health
     from cxledger.pipeline import Pipeline
+    from cxledger.schema_ids import SchemaIdError
 
     _need_kafka(settings)
+    settings = _metrics_flags(args, settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with Pipeline(settings) as pipe:
-        pipe.start_sinks()
-        print(f"sinks running into {settings.dsn}; Ctrl-C to stop", file=sys.stderr)
+        try:  # /healthz, /readyz, /metrics first: a probe sees the sinks starting
+            server = serve_health(pipe.sink_health(), settings)
+        except MetricsPortError as exc:
+            raise SystemExit(f"cxledger: {exc}")
+        try:
+            pipe.start_sinks()
+        except SchemaIdError as exc:
+            server.stop()
+            raise SystemExit(f"cxledger: {exc}")
+        log.info("sinks running; Ctrl-C to stop", store=redact_dsn(settings.dsn),
+                 health=server.url)
         try:
             while not stop.is_set():
                 stop.wait(1)
@@ -218,6 +239,8 @@ def cmd_sink(args, settings: Settings) -> int:
                     return 1
         except KeyboardInterrupt:
             pass
+        finally:
+            server.stop()
     return 0
 
 
@@ -230,12 +253,14 @@ def cmd_replay(args, settings: Settings) -> int:
 
     client, record = _store_client(args, settings)
     rules = load_rules(settings.rules_path)
+    partitions = settings.topics.partitions  # as the live processors count them
     if record is not None:  # a running stack: read through it, replay into a scratch engine
         with tempfile.TemporaryDirectory(prefix="cxledger-replay-") as scratch_dir:
-            report = replay(client, rules, scratch=connect(f"chdb://{scratch_dir}"))
+            report = replay(client, rules, scratch=connect(f"chdb://{scratch_dir}"),
+                            ledger_partitions=partitions)
         where = "a scratch store (the stack's is read-only from here)"
     else:
-        report = replay(client, rules)
+        report = replay(client, rules, ledger_partitions=partitions)
         where = f"database {REPLAY_DB}"
     print(f"replayed {report.events} ledger events into {report.derived} derived events in "
           f"{report.seconds:.1f}s ({report.events / max(report.seconds, 1e-9):,.0f} events/s)")
@@ -297,10 +322,15 @@ def cmd_down(args, settings: Settings) -> int:
 
 
 def cmd_process(args, settings: Settings) -> int:
+    from cxledger.health import MetricsPortError
+    from cxledger.schema_ids import SchemaIdError
     from processors.app import run_worker
 
     _need_kafka(settings)
-    run_worker(settings, loglevel=args.faust_log_level)
+    try:
+        run_worker(_metrics_flags(args, settings), loglevel=args.faust_log_level)
+    except (MetricsPortError, SchemaIdError) as exc:
+        raise SystemExit(f"cxledger: {exc}")
     return 0
 
 
@@ -423,6 +453,28 @@ def cmd_db(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench(args, settings: Settings) -> int:
+    """``cxledger bench``: ``python -m benchmarks`` of the source checkout (it brings its own
+    broker and store; see benchmarks/harness.py)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "harness.py").exists():
+        raise SystemExit("cxledger: bench needs the source checkout (benchmarks/ beside "
+                         "cxledger/), as installed by `make install`")
+    sys.path.insert(0, str(root))
+    from benchmarks.__main__ import main as bench
+
+    argv = ([f"--events={args.events}"] if args.events else []) + (
+        ["--quick"] if args.quick else []) + (["--profile", args.profile] if args.profile else [])
+    return bench(argv, prog="cxledger bench")
+
+
+def _metrics_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=int, help="port of /healthz, /readyz and /metrics "
+                   "(default 9108, CXLEDGER_METRICS_PORT; 0 picks a free one)")
+    p.add_argument("--metrics-host", help="their listen address (default 0.0.0.0, "
+                   "CXLEDGER_METRICS_HOST)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxledger", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (also CXLEDGER_CONFIG)")
@@ -511,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("sink", help="run the ClickHouse sinks against the configured Kafka")
+    _metrics_arguments(p)
     p.set_defaults(func=cmd_sink)
 
     p = sub.add_parser("replay", help="recompute the derived tables from the ledger and compare "
@@ -524,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "with the same settings to scale out")
     p.add_argument("--faust-log-level", default="warning",
                    choices=["debug", "info", "warning", "error"])
+    _metrics_arguments(p)
     p.set_defaults(func=cmd_process)
 
     p = sub.add_parser("gateway", help="HTTP ingest gateway for non-Python channels: POST "
@@ -568,6 +622,13 @@ def build_parser() -> argparse.ArgumentParser:
             d.add_argument("--cluster", metavar="NAME", help="migrate ON CLUSTER (recorded: "
                            "later runs follow it)")
     p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("bench", help="measure every stage beside its limit in one run and "
+                       "print one JSON document (also written to benchmarks/results/)")
+    p.add_argument("--events", type=int, help="simulated events (default 1000000)")
+    p.add_argument("--quick", action="store_true", help="100000 events, shorter phases")
+    p.add_argument("--profile", metavar="DIR", help="py-spy profiles of the sinks and workers")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
     p.add_argument("--port", type=int)

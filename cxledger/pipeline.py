@@ -4,6 +4,10 @@
 Kafka configured it starts the local Tansu broker as a child process; with no ClickHouse DSN it
 opens the embedded store. The sinks run as threads of this process, because one process owns a
 chDB directory; processors and the gateway run as child processes (``Child``).
+
+Health and metrics: ``sink_health`` is what ``cxledger sink`` (and ``up``) serve on /healthz,
+/readyz and /metrics (cxledger.health); each processor started here serves its own on a free
+loopback port (``Child.metrics_url``), which ``up`` folds into its /metrics.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from tqdm import tqdm
 
 from cxledger.config import Settings
-from cxledger.localstack import LocalBroker, die_with_parent, supervised_child
+from cxledger.localstack import LocalBroker, die_with_parent, free_port, supervised_child
 from cxledger.topics import create_topics
 from producers.sdk import make_codec
-from sinks.clickhouse import connect, create_tables
+from sinks.clickhouse import connect, create_tables, view_params
 from sinks.kafka_sink import FENCE_HEADER, ClickHouseSink
 from sinks.derived_sink import derived_sink
 from sinks.ledger_sink import ledger_sink
@@ -44,6 +48,13 @@ class _Running:
     thread: threading.Thread
 
 
+def is_worker_command(cmdline: str) -> bool:
+    """Whether a process's command line (arguments joined by spaces) is a processor worker that
+    a pipeline started (``python -m cxledger.cli ... process ...``): for tools that watch them."""
+    words = cmdline.split()
+    return "cxledger.cli" in words and "process" in words
+
+
 @dataclass
 class Child:
     """A child process of the pipeline: what it is, how to start it again, where it logs."""
@@ -53,6 +64,7 @@ class Child:
     proc: subprocess.Popen
     restarts: int = 0
     restarted_at: list[float] = field(default_factory=list)  # monotonic times of restarts
+    metrics_url: str | None = None  # where it serves /healthz, /readyz and /metrics
 
     def crash_looping(self, limit: int = 5, within_s: float = 60.0) -> bool:
         """True when it was restarted ``limit`` times within the last ``within_s``."""
@@ -90,7 +102,10 @@ class Pipeline:
                 self.local_broker = True
             create_topics(self.settings)
             self.client = connect(self.settings.dsn)
-            create_tables(self.client)
+            from processors.rules import load_rules
+
+            # the views' thresholds are the configured rules' (recreated when they changed)
+            create_tables(self.client, view_params(load_rules(self.settings.rules_path)))
             self.codec = make_codec(self.settings)
         except BaseException:
             self._stack.close()
@@ -98,7 +113,13 @@ class Pipeline:
         return self
 
     def start_sinks(self, offset_base: dict[tuple[str, int], int] | None = None) -> None:
-        """The ledger and derived sinks as threads; ``offset_base``: see sinks.kafka_sink."""
+        """The ledger and derived sinks as threads; ``offset_base``: see sinks.kafka_sink.
+        First the topics' tails are checked for messages framed with schema ids this process
+        maps otherwise (cxledger.schema_ids: SchemaIdError, nothing started)."""
+        from cxledger.schema_ids import check_schema_ids
+
+        t = self.settings.topics
+        check_schema_ids(self.settings, self.codec, [t.ledger, *dict.fromkeys(t.derived.values())])
         self._start(ledger_sink(self.settings, self.client, codec=self.codec,
                                 offset_base=offset_base))
         self._start(derived_sink(self.settings, self.client, codec=self.codec,
@@ -113,6 +134,32 @@ class Pipeline:
         if self._stop.is_set():
             return []
         return [r.sink.name for r in self._sinks if not r.thread.is_alive()]
+
+    def sink_health(self, extra_ready: dict | None = None, extra_metrics=None):
+        """/healthz, /readyz and /metrics of the sinks (cxledger.health): alive while every
+        sink thread runs; ready when Kafka answers, ClickHouse answers and takes the batches,
+        and partitions are assigned to a sink of this process."""
+        from cxledger.health import Cached, ClickHouseProbe, Health, KafkaProbe
+        from cxledger.metrics import process_metrics
+
+        def sinks_alive():
+            dead = self.dead_sinks()
+            return (False, f"sink {dead[0]} stopped") if dead else (True, "ok")
+
+        def partitions():
+            counts = {sink.name: len(sink.assignment) for sink in self.sinks}
+            if not counts:
+                return False, "no sink started"
+            if not any(counts.values()):
+                return False, ("no partition assigned to the sinks of this process yet: "
+                               + ", ".join(f"{n} 0" for n in counts))
+            return True, counts
+
+        ready = {"kafka": Cached(KafkaProbe(self.settings), 2.0),
+                 "clickhouse": Cached(ClickHouseProbe(self.settings, lambda: self.sinks), 2.0),
+                 "partitions": partitions, **(extra_ready or {})}
+        return Health(process_metrics(), alive={"sinks": sinks_alive}, ready=ready,
+                      extra=extra_metrics)
 
     def _start(self, sink: ClickHouseSink) -> None:
         thread = threading.Thread(target=sink.run, args=(self._stop,), name=sink.name, daemon=True)
@@ -174,10 +221,15 @@ class Pipeline:
 
     # -- processors -----------------------------------------------------------------------
     def start_processors(self, workers: int = 1, log_dir: Path | None = None) -> None:
-        """Start ``workers`` faust workers (``cxledger process``) as child processes."""
+        """Start ``workers`` faust workers (``cxledger process``) as child processes, each with
+        /healthz, /readyz and /metrics on a free port of 127.0.0.1 (``Child.metrics_url``)."""
         for n in range(workers):
-            self._workers.append(self.spawn(f"worker-{n}", ["process"],
-                                            log_dir / f"worker-{n}.log" if log_dir else None))
+            port = free_port("127.0.0.1")
+            child = self.spawn(f"worker-{n}", ["process", "--metrics-host", "127.0.0.1",
+                                               "--metrics-port", str(port)],
+                               log_dir / f"worker-{n}.log" if log_dir else None)
+            child.metrics_url = f"http://127.0.0.1:{port}"
+            self._workers.append(child)
         self._stack.callback(self.stop_processors)
         log.info("processors started", workers=workers)
 
@@ -238,6 +290,20 @@ class Pipeline:
                                           self.settings.topics.ledger)
 
         _wait_for_positions(committed, targets, "processing", timeout, 0.5, show_progress)
+
+    def wait_for_hall_months(self, timeout: float = 300.0, show_progress: bool = True) -> None:
+        """Block until the hall-months fold (the processors' second agent, processors.hall_app)
+        has read every month close written so far: a position marker on the closes' topic, then
+        the processors' committed offsets past it. Call it after ``wait_for_processors``: what
+        it decided is then acknowledged on its topic."""
+        topic = self.settings.topics.for_derived("hall.survey_month_closed")
+        targets = self.fence([topic])
+
+        def committed() -> dict[tuple[str, int], int]:
+            self._check_workers()
+            return self.processed_offsets(self.settings.topics.processors_app, topic)
+
+        _wait_for_positions(committed, targets, "hall months", timeout, 0.5, show_progress)
 
     def fence(self, topics: list[str]) -> dict[tuple[str, int], int]:
         """Write a marker to every partition of ``topics``; returns the offsets just past them.

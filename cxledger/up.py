@@ -13,6 +13,14 @@ What runs, in start order (stopped in the reverse order):
 then the stack record (cxledger.stack) says it is ready, and a status line is refreshed every
 second: on the terminal, and as ``status.json`` for ``cxledger status``.
 
+Health and metrics: this process serves /healthz, /readyz and /metrics (cxledger.health) on
+127.0.0.1:9108 (``CXLEDGER_METRICS_HOST``/``CXLEDGER_METRICS_PORT``; when the port is not
+configured and 9108 is taken, a free port, printed and in ``status.json``). Its /metrics holds
+the sinks' and the query endpoint's metrics and, fetched at each scrape, those of every worker
+and of the gateway, with a ``child`` label (``worker-0``, ..., ``gateway``): one scrape target
+for the stack. Each worker also serves its own on a free loopback port. /readyz: Kafka and the
+store answer, the sinks have partitions, and at least one worker is ready.
+
 Acknowledgements: the local broker keeps topics in memory only, so on this stack a publish is
 acknowledged once the ledger sink has written it to the store (``acks_wait_for_store``); a
 kill -9 of everything then loses nothing acknowledged, and the restart derives again whatever
@@ -40,6 +48,7 @@ import structlog
 from cxledger.config import Settings, redact_dsn
 from cxledger.logs import configure_logging
 from cxledger.pipeline import Child, Pipeline, PipelineError, stop_children
+from cxledger.schema_ids import SchemaIdError
 from cxledger.stack import (LOGS, STATUS, StackRecord, StackRunning, StoreLock, find_stack,
                             read_record, read_status, remove_record, running_message, store_path,
                             write_json_private, write_record)
@@ -75,6 +84,9 @@ def _check_ports(settings: Settings) -> None:
     if not settings.kafka_bootstrap and settings.broker_port:
         wanted.append(("local broker", settings.broker_host, settings.broker_port,
                        "CXLEDGER_BROKER_PORT"))
+    if settings.metrics_port:  # configured: it must be free (the default may move, see above)
+        wanted.append(("health and metrics", *settings.metrics_address("127.0.0.1"),
+                       "CXLEDGER_METRICS_PORT"))
     for what, host, port, variable in wanted:
         if not _port_free(host, port):
             raise UpError(f"the {what}'s port {host}:{port} is in use; stop what holds it or "
@@ -97,6 +109,7 @@ class Stack:
         self.monitor: StackMonitor | None = None
         self.generated_password = False
         self.gateway_key: str | None = None  # the plaintext of a key generated at start
+        self.health_server = None  # cxledger.health.HealthServer: /healthz, /readyz, /metrics
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -135,6 +148,7 @@ class Stack:
                                           max_execution_time=s.query_max_execution_time,
                                           tls_cert=s.query_tls_cert, tls_key=s.query_tls_key)
             self.endpoint.start()
+        self.health_server = self._serve_health(pipe)
         pipe.start_processors(self.workers, log_dir=self.logs)
         self.gateway = pipe.spawn("gateway", ["gateway", "--host", pipe.settings.gateway_host,
                                               "--port", str(pipe.settings.gateway_port)],
@@ -160,6 +174,33 @@ class Stack:
         write_record(self.record)
         self._announce()
 
+    def _serve_health(self, pipe: Pipeline):
+        """/healthz, /readyz and /metrics of the stack (see the module docstring)."""
+        from cxledger.health import MetricsPortError, child_metrics, child_ready, serve_health
+
+        def children() -> list[tuple[str, str]]:
+            out = [(c.name, c.metrics_url) for c in pipe.workers if c.metrics_url]
+            if self.gateway is not None:
+                s = pipe.settings
+                host = "127.0.0.1" if s.gateway_host in ("0.0.0.0", "") else s.gateway_host
+                out.append(("gateway", f"http://{host}:{s.gateway_port}"))
+            return out
+
+        def processors() -> tuple[bool, Any]:
+            answers = {c.name: child_ready(c.metrics_url, timeout=1.0)
+                       for c in pipe.workers if c.metrics_url}
+            if any(ok for ok, _ in answers.values()):
+                return True, {name: "ready" if ok else why for name, (ok, why) in answers.items()}
+            return False, "; ".join(f"{name}: {why}" for name, (_, why) in answers.items()) \
+                or "no worker started"
+
+        health = pipe.sink_health(extra_ready={"processors": processors},
+                                  extra_metrics=child_metrics(children, timeout=2.0))
+        try:  # 9108, or a free port when that is taken and none is configured
+            return serve_health(health, pipe.settings, "127.0.0.1")
+        except MetricsPortError as exc:
+            raise UpError(str(exc)) from None
+
     def _restore(self, pipe: Pipeline) -> dict[tuple[str, int], int]:
         """Fold the stored ledger; make the derived tables equal to it; hand the state to the
         processors; return where the sinks continue (see the module docstring)."""
@@ -175,7 +216,8 @@ class Stack:
         started = time.monotonic()
         rules = load_rules(pipe.settings.rules_path)
         now_ms = int(time.time() * 1000) if pipe.settings.live_clock else None
-        report = replay(client, rules, show_progress=self.out.isatty(), live_clock_ms=now_ms)
+        report = replay(client, rules, show_progress=self.out.isatty(), live_clock_ms=now_ms,
+                        ledger_partitions=pipe.settings.topics.partitions)
         repaired = repair(client, report) if not report.equal else {}
         seeded = seed_state(pipe.settings, report.folds)
         client.command(f"DROP DATABASE IF EXISTS {REPLAY_DB}")
@@ -222,6 +264,9 @@ class Stack:
         lines.append(f"  gateway         {r.gateway_url}/v1/events"
                      + (f"  key {self.gateway_key}  (generated; kept in "
                         f"{self.store / 'stack.json'})" if self.gateway_key else ""))
+        if self.health_server is not None:
+            lines.append(f"  metrics         {self.health_server.url}/metrics  (/healthz, "
+                         "/readyz; workers and gateway included)")
         lines += [
                   f"  kafka           {r.bootstrap}",
                   f"  logs            {self.logs}",
@@ -245,6 +290,8 @@ class Stack:
             for name in self.pipe.dead_sinks():
                 raise UpError(f"the sink {name} stopped; see {self.logs / 'up.log'}")
             status = self.monitor.sample()
+            if self.health_server is not None:
+                status["metrics"] = f"{self.health_server.url}/metrics"
             write_json_private(self.store / STATUS, status)
             if tty:
                 print("\r\x1b[K" + status_line(status), end="", file=self.out, flush=True)
@@ -275,6 +322,9 @@ class Stack:
             if endpoint is not None:
                 endpoint.stop()
         finally:
+            health_server, self.health_server = self.health_server, None
+            if health_server is not None:
+                health_server.stop()
             if monitor is not None:  # its Kafka clients go before the broker does
                 monitor.close()
             if pipe is not None:
@@ -331,6 +381,8 @@ class StackMonitor:
             rate_out = (consumed_out - self._last[2]) / dt
         self._last = (now, consumed_in, consumed_out)
         if self._samples % 2 == 0:
+            self._admin.poll(0)  # serve their log lines (librdkafka logs through cxledger.logs)
+            self._watermarks.poll(0)
             try:
                 self._lag = self._consumer_lag()
             except Exception as exc:  # Kafka briefly unreachable: keep the last figures
@@ -433,7 +485,7 @@ def run_up(settings: Settings, workers: int = 1, log_level: str = "info") -> int
         stack.start()
         if not stop.is_set():
             stack.serve(stop)
-    except (UpError, PipelineError) as exc:
+    except (UpError, PipelineError, SchemaIdError) as exc:
         print(f"\ncxledger: {exc}", file=sys.stderr)
         log.error("stack failed", error=str(exc))
         code = 1
@@ -524,6 +576,8 @@ def show_status(settings: Settings, fmt: str = "text") -> int:
           + (f"  (key in {store / 'stack.json'})" if record.gateway.get("key") else ""))
     print(f"  kafka           {record.bootstrap}  (acknowledged = "
           f"{'in the store' if record.acks == 'store' else 'on the broker'})")
+    if status.get("metrics"):
+        print(f"  metrics         {status['metrics']}")
     if status:
         print(f"  {status_line(status)}")
         print(f"  workers alive {status.get('workers_alive')}/{record.workers}, "

@@ -34,16 +34,19 @@ import ssl
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import faust
 import structlog
 
 from cxledger.config import Settings
+from cxledger.metrics import Metrics, process_metrics
 from processors.batch import PartitionFolds, settle_heap, tune_gc_for_folds
 from processors.changelog import (changelog_topic, create_changelog_topic, read_state,
                                   state_records)
+from processors.derived import message_key
+from processors.hall_app import attach_hall_months
 from processors.ledger import live_clock_target
 from processors.rules import Rules, load_rules
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -57,6 +60,16 @@ log = structlog.get_logger("cxledger.processors")
 
 RETRY_FIRST_S = 0.5   # a batch not acknowledged is sent again after this, doubling each time,
 RETRY_MAX_S = 30.0    # up to this, with jitter
+
+
+class WorkerState:
+    """What the worker's health endpoints read (cxledger.health; plain values, written on the
+    event loop, read from the health server's thread)."""
+
+    def __init__(self) -> None:
+        self.assigned: frozenset[int] = frozenset()  # ledger partitions assigned to this worker
+        self.lag: dict[int, int] = {}  # ledger partition -> messages behind its end
+        self.last_tick: float | None = None  # monotonic time the event loop last ran our timer
 
 
 class NotAcknowledged(RuntimeError):
@@ -124,6 +137,32 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
                                  mechanism=mechanism, ssl_context=context)
 
 
+def faust_app(settings: Settings) -> faust.App:
+    """The processors' faust app as configured for production (the benchmarks' do-nothing
+    worker uses the same): raw bytes in and out, the state in our own changelog."""
+    bootstrap = ";".join(f"kafka://{b}" for b in settings.kafka_bootstrap.split(","))
+    return faust.App(
+        settings.topics.processors_app,
+        broker=bootstrap,
+        broker_credentials=broker_credentials(settings),
+        store="memory://",
+        topic_partitions=settings.topics.partitions,
+        topic_replication_factor=settings.topics.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        # A new group waits about one rebalance timeout (the poll interval) before it is
+        # assigned: keep it short so a worker starts in seconds.
+        broker_max_poll_interval=120.0,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        producer_acks=-1,
+        producer_linger_ms=5,
+        web_enabled=False,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+
+
 class DerivedProducer:
     """librdkafka producer for derived and dead-letter events: ``send`` queues, ``settle``
     waits (off the event loop) until every queued message is acknowledged or raises
@@ -167,6 +206,29 @@ class DerivedProducer:
             raise NotAcknowledged(f"derived events not acknowledged: {remaining} in flight, "
                                   f"failures: {failures[:3]}")
 
+    async def deliver(self, messages: list[tuple[str, bytes | None, bytes, int | None]],
+                      what: str) -> int:
+        """Send (topic, key, value, partition) messages and wait until all are acknowledged,
+        sending them all again with bounded backoff until they are (a retry may write some
+        twice: the consumers keep the first copy). Returns the attempts it took."""
+        attempt = 0
+        while True:
+            for topic, key, value, partition in messages:
+                self.send(topic, key, value, partition=partition)
+            try:
+                await self.settle()
+                break
+            except NotAcknowledged as exc:
+                attempt += 1
+                delay = backoff(attempt)
+                log.error(f"{what} not acknowledged; sending the batch again",
+                          attempt=attempt, retry_in_s=round(delay, 2), error=str(exc))
+                await asyncio.sleep(delay)
+                self.reset()
+        if attempt:
+            log.info(f"{what} acknowledged after retries", attempts=attempt + 1)
+        return attempt + 1
+
 
 def read_ledger_range(settings: Settings, partition: int, start: int, end: int,
                       timeout: float = 60.0) -> list[tuple[int, bytes | None, bytes]]:
@@ -191,30 +253,14 @@ def read_ledger_range(settings: Settings, partition: int, start: int, end: int,
 
 
 def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: int = 10000,
-               batch_within: float = 0.2, live_clock_interval: float = 10.0) -> faust.App:
+               batch_within: float = 0.2, live_clock_interval: float = 10.0,
+               metrics: Metrics | None = None, metrics_interval: float = 2.0) -> faust.App:
     rules = rules or load_rules(settings.rules_path)
+    metrics = metrics or process_metrics()
+    group = settings.topics.processors_app
+    health = WorkerState()
     tune_gc_for_folds()
-    bootstrap = ";".join(f"kafka://{b}" for b in settings.kafka_bootstrap.split(","))
-    app = faust.App(
-        settings.topics.processors_app,
-        broker=bootstrap,
-        broker_credentials=broker_credentials(settings),
-        store="memory://",
-        topic_partitions=settings.topics.partitions,
-        topic_replication_factor=settings.topics.replication_factor,
-        consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
-        # A new group waits about one rebalance timeout (the poll interval) before it is
-        # assigned: keep it short so a worker starts in seconds.
-        broker_max_poll_interval=120.0,
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
-        producer_acks=-1,
-        producer_linger_ms=5,
-        web_enabled=False,
-        value_serializer="raw",
-        key_serializer="raw",
-    )
+    app = faust_app(settings)
     codec = make_codec(settings)  # registry ids when a registry is configured
     folds = PartitionFolds(rules)
     ledger = app.topic(settings.topics.ledger, key_type=bytes, value_type=bytes,
@@ -230,10 +276,14 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
         producer.send(settings.topics.deadletter, (msg_key or b"")[:1024] or None, value,
                       headers)
         log.warning("dead-lettered", partition=partition, offset=offset, reason=reason[:500])
+        metrics.dead_letter(reason, group)
+        metrics.events_out.labels(group, settings.topics.deadletter).inc()
 
     @app.agent(ledger)
     async def fold_ledger(stream):
         async for events in stream.take_events(batch_size, within=batch_within):
+            started = time.monotonic()
+            metrics.events_in.labels(group, settings.topics.ledger).inc(len(events))
             batch: dict[int, list[dict[str, Any]]] = defaultdict(list)
             ends: dict[int, int] = {}  # partition -> offset after its last message here
             for event in events:
@@ -262,13 +312,13 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
             await send_and_persist(derived, ends)  # acknowledged before the batch is acked
             del derived
             settle_heap()
+            metrics.processor_batch_seconds.observe(time.monotonic() - started)
 
     async def send_and_persist(derived: list[dict[str, Any]], partitions) -> None:
         """Send ``derived`` until acknowledged (never giving up: the batch must not be acked
         without them), then the changed state of ``partitions`` to the changelog, likewise."""
         topic_for = settings.topics.for_derived
-        encoded = [(topic_for(record["event_type"]),
-                    (record["customer_id"] or record["city"]).encode(), codec.encode(record),
+        encoded = [(topic_for(record["event_type"]), message_key(record), codec.encode(record),
                     None) for record in derived]
         await deliver(encoded, "derived events")
         await deliver([(state_topic, key.encode(), value, partition)
@@ -276,22 +326,9 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
                       "state")
 
     async def deliver(messages: list[tuple[str, bytes, bytes, int | None]], what: str) -> None:
-        attempt = 0
-        while True:
-            for topic, key, value, partition in messages:
-                producer.send(topic, key, value, partition=partition)
-            try:
-                await producer.settle()
-                break
-            except NotAcknowledged as exc:
-                attempt += 1
-                delay = backoff(attempt)
-                log.error(f"{what} not acknowledged; sending the batch again",
-                          attempt=attempt, retry_in_s=round(delay, 2), error=str(exc))
-                await asyncio.sleep(delay)
-                producer.reset()
-        if attempt:
-            log.info(f"{what} acknowledged after retries", attempts=attempt + 1)
+        await producer.deliver(messages, what)  # every message acknowledged, or sent again
+        for topic, n in Counter(topic for topic, _, _, _ in messages).items():
+            metrics.events_out.labels(group, topic).inc(n)
 
     async def advance_idle_clocks() -> None:
         """Live mode: an idle partition's clock follows wall time less the allowed lateness,
@@ -310,6 +347,8 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
 
     if settings.live_clock:
         app.timer(interval=live_clock_interval)(advance_idle_clocks)
+
+    attach_hall_months(app, settings, rules, codec)  # the second fold: hall months (halls.py)
 
     async def recover(partition: int, first_offset: int) -> None:
         """Rebuild a newly assigned partition's fold from the changelog; if that state is
@@ -346,14 +385,111 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
             if tp.topic == settings.topics.ledger:
                 folds.drop(tp.partition)
                 restored.discard(tp.partition)
+        health.assigned = health.assigned - {tp.partition for tp in revoked
+                                             if tp.topic == settings.topics.ledger}
+
+    # -- health and metrics (cxledger.health reads ``health``; nothing here touches a batch) ---
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender, assigned, **kwargs) -> None:
+        health.assigned = frozenset(tp.partition for tp in assigned
+                                    if tp.topic == settings.topics.ledger)
+
+    @app.timer(interval=metrics_interval)
+    async def sample_health() -> None:
+        """The event loop turns (``last_tick``); each assigned partition's lag: its end (the
+        high watermark the consumer last fetched) less the position after the last batch this
+        worker folded, or the committed offset before the first one."""
+        health.last_tick = time.monotonic()
+        consumer = app.consumer
+        assigned = {tp for tp in consumer.assignment() if tp.topic == settings.topics.ledger}
+        health.assigned = frozenset(tp.partition for tp in assigned)
+        committed = getattr(consumer, "_committed_offset", {})
+        lag = {}
+        for tp in assigned:
+            try:
+                end = consumer.highwater(tp)
+            except Exception:
+                end = None
+            fold = folds.folds.get(tp.partition)
+            position = fold.position if fold is not None else None
+            if position is None:
+                position = committed.get(tp)
+            if end is not None and end >= 0 and position is not None:
+                lag[tp.partition] = max(0, end - position)
+        health.lag = lag
+
+    def lag_values():
+        return [(group, settings.topics.ledger, p, v) for p, v in health.lag.items()
+                if p in health.assigned]
+
+    def fold_values():
+        return [(p, len(fold.customers), len(fold.windows.rows))
+                for p, fold in list(folds.folds.items())]
+
+    metrics.add_source(app, lag=lag_values, folds=fold_values,
+                       assigned=lambda: [(group, len(health.assigned))])
 
     app.cxledger_folds = folds  # for tests and diagnostics
+    app.cxledger_health = health
+    app.cxledger_metrics = metrics
     return app
 
 
-def run_worker(settings: Settings, loglevel: str = "warning") -> None:
-    """Run one worker until SIGINT/SIGTERM."""
+def worker_health(settings: Settings, state_of, metrics: Metrics,
+                  stall_seconds: float = 120.0):
+    """/healthz and /readyz of a worker (cxledger.health): alive while its event loop turns;
+    ready when Kafka answers and ledger partitions are assigned to it. ``state_of()`` is the
+    app's WorkerState, or None while the app is being created."""
+    from cxledger.health import Cached, Health, KafkaProbe
+
+    def loop() -> tuple[bool, Any]:
+        state = state_of()
+        if state is None or state.last_tick is None:
+            return True, "starting"
+        idle = time.monotonic() - state.last_tick
+        if idle > stall_seconds:
+            return False, f"the worker's event loop has not run for {idle:.0f}s"
+        return True, "ok"
+
+    def partitions() -> tuple[bool, Any]:
+        state = state_of()
+        if state is None:
+            return False, "starting"
+        if not state.assigned:
+            return False, (f"no partition of {settings.topics.ledger} assigned to this worker "
+                           f"yet (group {settings.topics.processors_app}; a worker beyond the "
+                           "ledger's partitions gets none)")
+        return True, sorted(state.assigned)
+
+    return Health(metrics, alive={"worker": loop},
+                  ready={"kafka": Cached(KafkaProbe(settings), 2.0), "partitions": partitions})
+
+
+def run_worker(settings: Settings, loglevel: str = "warning", *,
+               metrics_host: str = "0.0.0.0") -> None:
+    """Run one worker until SIGINT/SIGTERM, with /healthz, /readyz and /metrics on the metrics
+    port (served from the start, so a probe sees a worker that is still starting)."""
+    import logging
+
     from faust.worker import Worker
 
-    app = create_app(settings)
-    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    from cxledger.health import serve_health
+    from cxledger.schema_ids import check_schema_ids
+
+    metrics = process_metrics()
+    holder: dict[str, Any] = {}
+    health = worker_health(settings, lambda: holder.get("state"), metrics)
+    server = serve_health(health, settings, metrics_host)
+    try:
+        check_schema_ids(settings, make_codec(settings), [settings.topics.ledger])
+        app = create_app(settings, metrics=metrics)
+        holder["state"] = app.cxledger_health
+        # faust and mode log through cxledger.logs' handler (one JSON stream), at this level
+        for name in ("faust", "mode", "aiokafka"):
+            logging.getLogger(name).setLevel(loglevel.upper())
+        worker = Worker(app, loglevel=loglevel, quiet=True, override_logging=False,
+                        redirect_stdouts=False)
+        worker.spinner = None  # it writes terminal control codes even to a pipe or a file
+        worker.execute_from_commandline()
+    finally:
+        server.stop()
