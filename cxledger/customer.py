@@ -73,8 +73,8 @@ The report (:func:`customer_report`; :func:`render_table` for a terminal)
     ``partition``, ``method``, ``events``, ``notes``). Times are ISO-8601 UTC strings, money
     strings. The timeline holds the domain's events: the customer's ledger events and the
     derived ``satisfaction.scored``, ``complaint.sla_breached``, ``churn.risk_changed``,
-    ``tier.change_proposed`` and ``tier.changed`` (not the ``complaint.state_changed``
-    snapshots nor window partials), ordered by occurred_at, then ledger position, a derived
+    ``tier.change_proposed``, ``tier.changed`` and ``feedback.sla_breached`` (not the
+    ``complaint.state_changed`` snapshots nor window and hall partials), ordered by occurred_at, then ledger position, a derived
     event after the event whose folding derived it.
 
 The reads are SELECTs with server-side bound parameters only, so the client may be chDB on a
@@ -92,7 +92,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from processors import churn, complaints, satisfaction, tiers
+from processors import churn, complaints, incidents, satisfaction, tiers
 from processors.complaints import SLA_RANK
 from processors.ledger import PartitionFold
 from processors.rules import Rules
@@ -104,7 +104,8 @@ log = structlog.get_logger("cxledger.customer")
 #: How many of the latest ``satisfaction.scored`` the report lists.
 LAST_SATISFACTION = 5
 #: Ids that identify what an event is about; a timeline entry carries those present.
-TIMELINE_IDS = ("complaint_id", "contact_id", "survey_id", "subject_id", "proposal_id")
+TIMELINE_IDS = ("complaint_id", "contact_id", "survey_id", "subject_id", "proposal_id",
+                "feedback_id", "visit_id", "hall_id")
 _PAGE_ROWS = 50_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -234,7 +235,7 @@ def fold_partition_ledger(customer_id: str, rows: Iterable[tuple[int, dict]], ru
     for position, record in rows:
         if as_of_ms is not None and record["occurred_at"] > as_of_ms:
             continue
-        mine = record["customer_id"] == customer_id
+        mine = record.get("customer_id") == customer_id
         if mine:
             out.add(record, False, position)
         for d in fold.apply(record):
@@ -469,6 +470,21 @@ _SUMMARIES = {
                                       f"({e['weights_profile']} weights), nps "
                                       f"{_num(e.get('nps'))}"),
     "complaint.sla_breached": _breach_summary,
+    "hall.visit_completed": lambda e: (f"hall visit {e.get('visit_id')} at {e.get('hall_id')} "
+                                       f"({e.get('business_type')}, served at "
+                                       f"{e.get('served_at')}, waited {e.get('wait_seconds')} s"
+                                       + ("" if e.get("resolved_on_site") else
+                                          ", not settled on site") + ")"),
+    "hall.survey_responded": lambda e: (f"SMS survey {e['survey_id']} on {e.get('hall_id')}: "
+                                        + (" / ".join(_num(e.get(i)) for i in (
+                                            "overall", "environment", "waiting", "handling",
+                                            "staff_attitude")) if e.get("valid")
+                                           else "blank or garbled (not valid)")),
+    "feedback.received": lambda e: f"feedback {e['feedback_id']} received",
+    "feedback.handled": lambda e: f"feedback {e['feedback_id']} handled",
+    "feedback.result_reported": lambda e: f"feedback {e['feedback_id']}: result reported",
+    "feedback.sla_breached": lambda e: (f"feedback {e['feedback_id']} breached "
+                                        f"{'handling (24 h)' if e['sla'] == 'handled' else 'result (72 h)'}"),
     "churn.risk_changed": lambda e: (f"churn risk {e['previous_level']} -> {e['level']} "
                                      f"({', '.join(e['reasons']) or 'no signal'}), score "
                                      f"{_num(e['score'])}"),
@@ -590,6 +606,8 @@ def customer_report(client, rules: Rules, customer_id: str,
     ledger event (``store`` names the store in the message)."""
     started = time.perf_counter()
     as_of_ms = as_of_millis(as_of) if as_of is not None else None
+    if not customer_id:  # operational events (no customer) have customer_id '' in the ledger
+        raise CustomerNotFound(customer_id, store or store_name(client))
     partitions = customer_partitions(client, customer_id)
     if not partitions:
         raise CustomerNotFound(customer_id, store or store_name(client))
@@ -604,10 +622,35 @@ def customer_report(client, rules: Rules, customer_id: str,
                      f"latest event")
     report = build_report(customer_id, folds, rules, as_of_ms=as_of_ms,
                           first_event_at=min(first for _, _, first in partitions), notes=notes)
+    tag_incidents(report, folds, incidents_in(client, as_of_ms))
     log.debug("customer report", customer_id=customer_id, partitions=report["partitions"],
               method=report["method"], events=report["events"],
               seconds=round(time.perf_counter() - started, 4))
     return report
+
+
+def incidents_in(client, as_of_ms: int | None) -> list[incidents.Incident]:
+    """The incidents of the ledger within the cut (a resolution after as_of is not known yet)."""
+    rows = client.query(
+        "SELECT toUnixTimestamp64Milli(occurred_at), payload FROM ledger_events FINAL "
+        "WHERE event_type IN ('incident.detected', 'incident.resolved')" + _cut(as_of_ms),
+        parameters=_params(as_of_ms)).result_rows
+    return list(incidents.incidents_from(record_from_payload(p, ms) for ms, p in rows).values())
+
+
+def tag_incidents(report: dict[str, Any], folds: list[CustomerFold],
+                  known: list[incidents.Incident]) -> None:
+    """``incident_ids`` on the timeline's contacts and complaints filed during an open incident
+    of their city (processors.incidents)."""
+    if not known:
+        return
+    for entry, step in zip(report["timeline"], sorted(
+            (s for f in folds for s in f.steps),
+            key=lambda s: (s.event["occurred_at"], s.partition, s.seq))):
+        ids = incidents.tags(step.event, known)
+        if ids:
+            entry["incident_ids"] = ids
+            entry["summary"] += f" [incident {', '.join(ids)}]"
 
 
 # -- the table ---------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ SUMMARY_QUERIES = [
     ("Events per type", """
         SELECT event_type, count() AS events FROM ledger GROUP BY event_type ORDER BY events DESC"""),
     ("Events per city (top 10 of {cities})", """
-        SELECT city, count() AS events, uniqExact(customer_id) AS customers
+        SELECT city, count() AS events, uniqExactIf(customer_id, customer_id != '') AS customers
         FROM ledger GROUP BY city ORDER BY events DESC LIMIT 10"""),
     ("Timeline of the busiest customer ({customer})", """
         SELECT occurred_at, event_type, channel,
@@ -79,6 +79,38 @@ DERIVED_QUERIES = [
 ]
 
 
+# The hall league table of the latest month with ranked halls (at least 30 valid SMS replies),
+# and the halls flagged for key improvement (three months below 96.0).
+_LEAGUE = """
+        SELECT rank, hall_id, district, satisfaction, valid_replies, on_target
+        FROM hall_league_monthly WHERE month = {{month:String}} AND {which} <= {{n:UInt32}}
+        ORDER BY {which}"""
+HALL_QUERIES = [
+    ("Service halls {month}: top 5 of {ranked} ranked halls by SMS satisfaction",
+     _LEAGUE.format(which="rank"), 5),
+    ("Bottom 3", _LEAGUE.format(which="rank_from_bottom"), 3),
+    ("Halls flagged for key improvement ({flagged}: 3 months below the 96.0 target)", """
+        SELECT hall_id, city, arrayStringConcat(months, ', ') AS months,
+               arrayStringConcat(arrayMap(v -> toString(v), values), ', ') AS values
+        FROM hall_key_improvement_current ORDER BY hall_id""", None),
+]
+
+
+def print_halls(client, out) -> None:
+    """The hall league table's top 5 and bottom 3, and the halls flagged for key improvement."""
+    latest = client.query("SELECT month, max(ranked_halls) FROM hall_league_monthly "
+                          "GROUP BY month ORDER BY month DESC LIMIT 1").result_rows
+    flagged = client.query("SELECT count() FROM hall_key_improvement_current").result_rows[0][0]
+    if not latest and not flagged:
+        return
+    month, ranked = latest[0] if latest else ("-", 0)
+    for title, sql, n in HALL_QUERIES:
+        if n is not None and not latest:
+            continue
+        print(title.format(month=month, ranked=ranked, flagged=flagged), file=out)
+        print(pretty(client, sql, {"month": month, "n": n} if n is not None else None), file=out)
+
+
 def run_demo(settings: Settings, *, events: int, input_file: Path | None, seed: int,
              keep: bool = False, workers: int = 1, out=sys.stdout) -> int:
     if settings.embedded_store:
@@ -105,9 +137,11 @@ def run_demo(settings: Settings, *, events: int, input_file: Path | None, seed: 
                 published = events
         pipe.wait_for_sinks(producer.positions)
         pipe.wait_for_processors(producer.positions)
+        pipe.wait_for_hall_months()
         pipe.wait_for_sinks(pipe.fence(list(dict.fromkeys(pipe.settings.topics.derived.values()))))
         print_summary(pipe.client, published, out)
         print_derived(pipe.client, out)
+        print_halls(pipe.client, out)
     where = settings.store if settings.embedded_store else redact_dsn(settings.clickhouse_dsn)
     command = sys.argv[0] if sys.argv[0].endswith("cxledger") else "cxledger"
     print(f"\nThe ledger is in {where}. Query it with:\n"
@@ -120,8 +154,9 @@ def run_demo(settings: Settings, *, events: int, input_file: Path | None, seed: 
 def print_summary(client, published: int, out) -> None:
     total = client.query("SELECT count() FROM ledger").result_rows[0][0]
     cities = client.query("SELECT uniqExact(city) FROM ledger").result_rows[0][0]
-    busiest = client.query("SELECT customer_id FROM ledger GROUP BY customer_id "
-                           "ORDER BY count() DESC, customer_id LIMIT 1").result_rows
+    busiest = client.query("SELECT customer_id FROM ledger WHERE customer_id != '' "
+                           "GROUP BY customer_id ORDER BY count() DESC, customer_id LIMIT 1"
+                           ).result_rows
     customer = busiest[0][0] if busiest else ""
     print(f"\n{published} events published, {total} in ClickHouse.\n", file=out)
     for title, sql in SUMMARY_QUERIES:

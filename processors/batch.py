@@ -12,6 +12,7 @@ import gc
 import json
 from typing import Any, Iterable, Mapping
 
+from processors.halls import HallMonths, markers
 from processors.ledger import PartitionFold
 from processors.rules import Rules
 
@@ -52,9 +53,16 @@ def settle_heap() -> None:
 
 
 class PartitionFolds:
-    def __init__(self, rules: Rules):
+    """One PartitionFold per ledger partition. With ``ledger_partitions`` (the number of
+    partitions of the ledger topic) it also runs the hall-months fold over the month closes the
+    partition folds drain (processors.halls: replay and the restore of ``cxledger up`` do; the
+    live processors run that fold on the closes' own topic, processors.hall_app)."""
+
+    def __init__(self, rules: Rules, ledger_partitions: int | None = None):
         self.rules = rules
         self.folds: dict[int, PartitionFold] = {}
+        self.hall_months = (HallMonths(rules, ledger_partitions) if ledger_partitions
+                            else None)
 
     def get(self, partition: int) -> PartitionFold:
         fold = self.folds.get(partition)
@@ -93,6 +101,13 @@ class PartitionFolds:
                 derived += apply(record)
             derived += fold.drain_windows()
             derived += fold.drain_complaints()
+        return self.decide_halls(derived)
+
+    def decide_halls(self, derived: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``derived`` plus what the hall-months fold (when this object runs it) decides from
+        the month closes among them."""
+        if self.hall_months is not None:
+            derived += self.hall_months.apply_all(markers(derived))
         return derived
 
     def changed_state(self, partitions: Iterable[int]) -> list[tuple[str, bytes | None]]:

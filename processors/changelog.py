@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Iterable
+from typing import Iterable
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -47,8 +47,15 @@ def changelog_topic(settings: Settings) -> str:
 
 
 def create_changelog_topic(settings: Settings, timeout: float = 15.0) -> None:
+    create_compacted_topic(settings, changelog_topic(settings), settings.topics.partitions,
+                           timeout)
+
+
+def create_compacted_topic(settings: Settings, name: str, partitions: int,
+                           timeout: float = 15.0) -> None:
+    """Create a compacted topic (a state changelog) unless it exists."""
     admin = AdminClient(settings.kafka_conf())
-    topic = NewTopic(changelog_topic(settings), num_partitions=settings.topics.partitions,
+    topic = NewTopic(name, num_partitions=partitions,
                      replication_factor=settings.topics.replication_factor,
                      config={"cleanup.policy": "compact"})
     for future in admin.create_topics([topic], request_timeout=timeout).values():
@@ -94,6 +101,11 @@ def seed_state(settings: Settings, folds: PartitionFolds, timeout: float = 60.0)
         send(partition, state_key(partition, PARTITION_STATE_KEY), encode_state(snapshot))
         written += 1
     _settle(producer, failures, timeout, topic)
+    if folds.hall_months is not None:  # the hall-months fold (processors.hall_app)
+        from processors.hall_app import seed_hall_months_state
+
+        seed_hall_months_state(settings, folds.hall_months)
+        written += 1
     log.info("processor state seeded", records=written, partitions=len(folds.folds))
     return written
 

@@ -11,6 +11,12 @@ plus reopened (a new resolution cycle). Deadlines (defaults in the rules file):
 | feedback       | complaint.resolved            | logistics 15 min, otherwise 24 h          | feedback_delivered      |
 | follow_up      | complaint.resolved            | 72 h                                      | followed_up (回访)       |
 
+SLA profiles (``complaints.sla_profiles`` in the rules, per category or for all): ``hours`` is the
+table above; under ``working_days`` the first response is due within 3 and the resolution within
+7 working days of filing (of reopening, for a reopened cycle), on mainland China's calendar
+(``processors.workdays``: the filing day does not count, a deadline is the end of its last
+working day); feedback and follow-up keep their hours. The profile is read at filing.
+
 A deadline passed (partition clock > deadline) without the event that meets it is a breach:
 :func:`fire` emits ``complaint.sla_breached`` once per (complaint, sla, cycle) and, for
 first_response and resolution, escalates one level (levels start at 0, max 3) with reason
@@ -204,6 +210,29 @@ def _anomaly(c: dict, text: str) -> None:
         c["anomalies"].append(text)
 
 
+def _first_response_deadline(c: dict, rules: ComplaintRules) -> int:
+    if rules.profile(c["category"]) == "working_days" and rules.working_days is not None:
+        return _working_deadline(c, c["filed_at"], rules.working_days.first_response_days, rules)
+    return c["filed_at"] + rules.first_response_ms[c["severity"]]
+
+
+def _resolution_deadline(c: dict, start: int, rules: ComplaintRules) -> int:
+    if rules.profile(c["category"]) == "working_days" and rules.working_days is not None:
+        return _working_deadline(c, start, rules.working_days.resolution_days, rules)
+    return start + rules.resolution_ms[c["severity"]]
+
+
+def _working_deadline(c: dict, start: int, days: int, rules: ComplaintRules) -> int:
+    wd = rules.working_days
+    deadline, guessed = wd.workdays.deadline(start, days)
+    for year in guessed:
+        note = (f"working-day deadline counted Monday-Friday in {year}, past the calendar's "
+                f"last year {wd.last_calendar_year}")
+        if note not in c["anomalies"]:
+            _anomaly(c, note)
+    return deadline
+
+
 def _arm(c: dict, sla: str, deadline: int, cycle: int, armed: list[Armed]) -> None:
     c["pending"][sla] = [deadline, cycle]
     armed.append((deadline, c["complaint_id"], sla, cycle))
@@ -231,12 +260,11 @@ def _filed(c: dict, ev: Mapping, rules: ComplaintRules) -> list[Armed]:
     armed: list[Armed] = []
     if c["closed_at"] is not None:  # everything already happened, out of order
         return armed
-    severity = c["severity"]
     if c["cycle"] == 0 and c["acknowledged_at"] is None and c["resolved_at"] is None:
-        _arm(c, "first_response", c["filed_at"] + rules.first_response_ms[severity], 0, armed)
+        _arm(c, "first_response", _first_response_deadline(c, rules), 0, armed)
     if c["resolved_at"] is None:
         start = c["reopened_at"] if c["cycle"] > 0 else c["filed_at"]
-        _arm(c, "resolution", start + rules.resolution_ms[severity], c["cycle"], armed)
+        _arm(c, "resolution", _resolution_deadline(c, start, rules), c["cycle"], armed)
     else:
         _arm_after_resolution(c, rules, armed)
     return armed
@@ -340,7 +368,7 @@ def _reopened(c: dict, ev: Mapping, rules: ComplaintRules) -> list[Armed]:
     c["status"] = "reopened"
     armed: list[Armed] = []
     if c["severity"] is not None:
-        _arm(c, "resolution", at + rules.resolution_ms[c["severity"]], c["cycle"], armed)
+        _arm(c, "resolution", _resolution_deadline(c, at, rules), c["cycle"], armed)
     return armed
 
 

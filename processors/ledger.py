@@ -15,6 +15,15 @@ c. the event is applied to its customer: complaints (arming deadlines), tiers
    fire right after it;
 d. the window partials are fed (contacts, scores, complaints).
 
+Also on the partition (domain.md, "Service halls, feedback, incidents and quality control"):
+feedback deadlines (processors.feedback: received -> handled 24 h, result 72 h) live in the
+customer's state and fire with the complaint deadlines, after them, in (deadline, customer,
+feedback, sla) order; a breach touches nothing else. The hall SMS survey partials
+(processors.halls.HallSurveyMonths) are partition state like the windows; the clock reaching a
+month's end closes it (step a). Operational events (supervision, quality, staff, incidents)
+have no customer: the fold moves the clock with them and keeps nothing of them (their metrics
+are ClickHouse views over the ledger); hall visits are remembered for duplicate detection only.
+
 Bounded state: when the partition clock enters a new UTC day, ``sweep`` forgets what the rules
 can no longer use: event ids older than the duplicate horizon, churn signal times that have
 expired, closed complaints past their retention, and customers left with nothing but the state
@@ -37,10 +46,12 @@ import heapq
 from collections import Counter
 from typing import Iterable, Mapping
 
-from processors import churn, complaints, satisfaction, tiers
+from processors import churn, complaints, feedback, satisfaction, tiers
 from processors.complaints import SLA_RANK, SLAS
+from processors.halls import HallSurveyMonths
 from processors.rules import Rules, load_rules
 from processors.windows import WindowAggregator
+from schemas.catalogue import OPERATIONAL_KEYS
 
 STATE_FORMAT = 1
 # A producer's retry reuses the event_id. Ids of a customer's events within this span of its
@@ -68,7 +79,7 @@ _NEW_CHURN = churn.new_state()
 def _is_new(cust: dict) -> bool:
     """True when a customer's state is what a customer with no events starts with."""
     return (not cust["recent"] and not cust["complaints"] and cust["tier"] == _NEW_TIER
-            and cust["churn"] == _NEW_CHURN)
+            and cust["churn"] == _NEW_CHURN and not cust.get("feedback"))
 
 
 def live_clock_target(clock: int, wall_ms: int, rules: Rules) -> int | None:
@@ -93,9 +104,11 @@ class PartitionFold:
         self.position: int | None = 0
         self.customers: dict[str, dict] = {}
         self.windows = WindowAggregator(self.rules, partition)
+        self.halls = HallSurveyMonths(self.rules, partition)
         self.ignored: Counter[str] = Counter()
         self.duplicates = 0  # redelivered events (same event_id) not folded again
         self._deadlines: list[tuple[int, str, str, int, int]] = []
+        self._feedback_deadlines: list[tuple[int, str, str, int]] = []
         self._dirty: set[str] = set()
         self._complaints_touched: set[tuple[str, str]] = set()  # since the last drain
         self._pruned_undrained: list[dict] = []  # final states of complaints pruned before a drain
@@ -114,6 +127,12 @@ class PartitionFold:
         }
         for etype in complaints.COMPLAINT_EVENTS:
             self._handlers[etype] = self._complaint
+        for etype in feedback.FEEDBACK_EVENTS:
+            self._handlers[etype] = self._feedback
+        self._handlers["hall.survey_responded"] = self._hall_survey
+        self._handlers["hall.visit_completed"] = self._nothing
+        for etype in OPERATIONAL_KEYS:
+            self._handlers[etype] = self._nothing
 
     # -- the fold -----------------------------------------------------------------------------
 
@@ -121,9 +140,9 @@ class PartitionFold:
         """Fold one event; returns the derived events (windows excepted: see drain_windows)."""
         out: list[dict] = []
         at = event["occurred_at"]
-        cid = event["customer_id"]
+        cid = event.get("customer_id")  # None: an operational event
         event_id = event["event_id"]
-        cust = self.customers.get(cid)
+        cust = self.customers.get(cid) if cid else None
         if cust is not None and event_id in cust["recent"]:
             self.duplicates += 1
             return out
@@ -131,8 +150,11 @@ class PartitionFold:
             new_day = at // _DAY_MS != self.clock // _DAY_MS and self.clock
             self.clock = at
             self.windows.clock = at
+            if at >= self.halls.month_end:
+                self.halls.advance(at)
             deadlines = self._deadlines
-            if deadlines and deadlines[0][0] < at:
+            if (deadlines and deadlines[0][0] < at) or (
+                    self._feedback_deadlines and self._feedback_deadlines[0][0] < at):
                 self._fire_due(out)
             if new_day:  # after the deadlines before ``at`` fired with all they could use
                 self.sweep(at)
@@ -141,7 +163,8 @@ class PartitionFold:
             self.ignored[event["event_type"]] += 1
             return out
         handler(event, at, out)
-        self._remember(cid, event_id, at)
+        if cid:
+            self._remember(cid, event_id, at)
         return out
 
     def _remember(self, cid: str, event_id: str, at: int) -> None:
@@ -178,6 +201,11 @@ class PartitionFold:
                 before = (len(ch["last"]), len(ch["filed"]))
                 churn.prune(ch, now, churn_rules)
                 changed |= before != (len(ch["last"]), len(ch["filed"]))
+            if cust.get("feedback"):
+                if feedback.prune(cust["feedback"], now, self.rules.feedback):
+                    changed = True
+                if not cust["feedback"]:
+                    del cust["feedback"]
             if cust["complaints"]:
                 for gone in complaints.prune(cust["complaints"], now, retention):
                     changed = True
@@ -199,14 +227,18 @@ class PartitionFold:
             new_day = now_ms // _DAY_MS != self.clock // _DAY_MS and self.clock
             self.clock = now_ms
             self.windows.clock = now_ms
+            if now_ms >= self.halls.month_end:
+                self.halls.advance(now_ms)
             self._fire_due(out)
             if new_day:
                 self.sweep(now_ms)
         return out
 
     def drain_windows(self) -> list[dict]:
-        """``satisfaction.window_updated`` for every window touched since the last drain."""
-        return self.windows.drain()
+        """The window partials touched since the last drain: ``satisfaction.window_updated``
+        (1m, 1d), then the hall survey months (``hall.survey_month_updated``) and the months
+        the clock closed (``hall.survey_month_closed``)."""
+        return self.windows.drain() + self.halls.drain()
 
     def drain_complaints(self) -> list[dict]:
         """``complaint.state_changed`` for every complaint changed since the last drain
@@ -248,6 +280,17 @@ class PartitionFold:
                                   source_id=breach["event_id"], rules=rules)
             if risk is not None:
                 out.append(risk)
+        fb_deadlines = self._feedback_deadlines
+        while fb_deadlines and fb_deadlines[0][0] < clock:
+            deadline, cid, feedback_id, rank = heapq.heappop(fb_deadlines)
+            cust = self.customers.get(cid)
+            item = cust.get("feedback", {}).get(feedback_id) if cust is not None else None
+            if item is None:
+                continue
+            breach = feedback.fire(item, feedback_id, feedback.SLAS[rank], deadline, cid, rules)
+            if breach is not None:
+                out.append(breach)
+                self._dirty.add(cid)
 
     def _customer(self, cid: str) -> dict:
         cust = self.customers.get(cid)
@@ -331,6 +374,23 @@ class PartitionFold:
         if armed and self._deadlines[0][0] < self.clock:
             self._fire_due(out)
 
+    def _feedback(self, event: Mapping, at: int, out: list[dict]) -> None:
+        cid = event["customer_id"]
+        cust = self._customer(cid)
+        self._dirty.add(cid)
+        items = cust.setdefault("feedback", {})
+        for deadline, feedback_id, sla in feedback.apply(items, event, self.rules.feedback):
+            heapq.heappush(self._feedback_deadlines,
+                           (deadline, cid, feedback_id, feedback.SLA_RANK[sla]))
+        if self._feedback_deadlines and self._feedback_deadlines[0][0] < self.clock:
+            self._fire_due(out)  # a receipt stamped so late that its deadlines already passed
+
+    def _hall_survey(self, event: Mapping, at: int, out: list[dict]) -> None:
+        self.halls.add_reply(event)
+
+    def _nothing(self, event: Mapping, at: int, out: list[dict]) -> None:
+        """Hall visits and operational events: the clock moved; nothing else to fold."""
+
     def _billing(self, event: Mapping, at: int, out: list[dict]) -> None:
         cid = event["customer_id"]
         cust = self._customer(cid)
@@ -380,13 +440,16 @@ class PartitionFold:
         cust = self.customers.get(customer_id)
         if cust is None:
             return None
-        return {
+        plain = {
             "format": STATE_FORMAT,
             "complaints": _copy(cust["complaints"]),
             "tier": tiers.to_plain(cust["tier"]),
             "churn": churn.to_plain(cust["churn"]),
             "recent": dict(cust["recent"]),
         }
+        if cust.get("feedback"):
+            plain["feedback"] = _copy(cust["feedback"])
+        return plain
 
     def load_customer(self, customer_id: str, plain: Mapping) -> None:
         """Restore a customer from :meth:`customer_state` output and schedule its deadlines."""
@@ -395,6 +458,11 @@ class PartitionFold:
                              f"{STATE_FORMAT} (customer {customer_id})")
         cust = {"complaints": _copy(plain["complaints"]), "tier": tiers.from_plain(plain["tier"]),
                 "churn": churn.from_plain(plain["churn"]), "recent": dict(plain.get("recent", {}))}
+        if plain.get("feedback"):
+            cust["feedback"] = _copy(plain["feedback"])
+            for deadline, feedback_id, sla in feedback.pending_deadlines(cust["feedback"]):
+                heapq.heappush(self._feedback_deadlines,
+                               (deadline, customer_id, feedback_id, feedback.SLA_RANK[sla]))
         self.customers[customer_id] = cust
         for deadline, complaint_id, sla, cycle in complaints.pending_deadlines(cust["complaints"]):
             heapq.heappush(self._deadlines,
@@ -417,6 +485,7 @@ class PartitionFold:
             "clock": self.clock,
             "position": self.position,
             "windows": self.windows.snapshot(),
+            "halls": self.halls.snapshot(),
             "complaints_touched": sorted([list(k) for k in self._complaints_touched]),
             "ignored": dict(self.ignored),
         }
@@ -428,6 +497,7 @@ class PartitionFold:
         self.position = plain.get("position")  # None: a state from before positions were kept
         self.windows.restore(plain["windows"])
         self.windows.clock = self.clock
+        self.halls.restore(plain.get("halls"))
         self._complaints_touched = {tuple(k) for k in plain.get("complaints_touched", ())}
         self.ignored = Counter(plain.get("ignored", {}))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from decimal import Decimal
 from pathlib import Path
@@ -79,9 +79,31 @@ class ClockRules:
     live_max_lag_ms: int
 
 
+SLA_PROFILES = ("hours", "working_days")
+
+
+@dataclass(frozen=True)
+class WorkingDayRules:
+    """The working-day complaint profile: acknowledged within ``first_response_days`` and
+    resolved within ``resolution_days`` working days of filing, on mainland China's calendar
+    (``processors.workdays``)."""
+
+    first_response_days: int
+    resolution_days: int
+    calendar: str               # "chinese_calendar": the chinese-calendar package
+    last_calendar_year: int     # later years count Monday-Friday
+    business_timezone: str
+
+    @cached_property
+    def workdays(self):
+        from processors.workdays import WorkdayCalendar
+
+        return WorkdayCalendar(self.business_timezone, self.last_calendar_year)
+
+
 @dataclass(frozen=True)
 class ComplaintRules:
-    """SLA durations (ms) and the escalation ceiling."""
+    """SLA durations (ms) and the escalation ceiling; the SLA profile of each category."""
 
     first_response_ms: Mapping[str, int]   # by severity
     resolution_ms: Mapping[str, int]       # by severity
@@ -90,9 +112,40 @@ class ComplaintRules:
     follow_up_ms: int
     max_level: int
     retain_closed_ms: int
+    default_profile: str = "hours"
+    profiles: Mapping[str, str] = field(default_factory=dict)  # category -> profile
+    working_days: WorkingDayRules | None = None
 
     def feedback_ms(self, category: str | None) -> int:
         return self.feedback_ms_by_category.get(category, self.feedback_ms_default)
+
+    def profile(self, category: str | None) -> str:
+        """``hours`` or ``working_days``: the SLA profile of a complaint category."""
+        return self.profiles.get(category, self.default_profile)
+
+
+@dataclass(frozen=True)
+class HallRules:
+    """Hall SMS satisfaction and the key improvement indicator; star staff."""
+
+    target: float
+    min_valid_replies: int
+    months_below_target: int
+    item_scale: float
+    star_exam_mean_at_least: float
+    star_spot_check_at_least: float
+
+
+@dataclass(frozen=True)
+class FeedbackRules:
+    handled_ms: int
+    result_ms: int
+    retain_ms: int
+
+
+@dataclass(frozen=True)
+class ServiceRequestRules:
+    first_response_seconds: float
 
 
 @dataclass(frozen=True)
@@ -156,6 +209,9 @@ class Rules:
     complaints: ComplaintRules
     churn: ChurnRules
     tiers: TierRules
+    halls: HallRules | None = None
+    feedback: FeedbackRules | None = None
+    service_requests: ServiceRequestRules | None = None
     source: str = "<memory>"
 
     @property
@@ -179,14 +235,18 @@ def rules_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Rules:
     """Build :class:`Rules` from the parsed TOML structure (also handy for tests)."""
     root = _Table(data, "")
     version = root.string("version")
+    windows = _windows(root.table("windows"))
     rules = Rules(
         version=version,
         satisfaction=_satisfaction(root.table("satisfaction")),
-        windows=_windows(root.table("windows")),
+        windows=windows,
         clock=_clock(root.table("clock")),
-        complaints=_complaints(root.table("complaints")),
+        complaints=_complaints(root.table("complaints"), windows.business_timezone),
         churn=_churn(root.table("churn")),
         tiers=_tiers(root.table("tiers")),
+        halls=_halls(root.table("halls")),
+        feedback=_feedback(root.table("feedback")),
+        service_requests=_service_requests(root.table("service_requests")),
         source=source,
     )
     root.done()
@@ -257,7 +317,7 @@ def _clock(t: _Table) -> ClockRules:
     return c
 
 
-def _complaints(t: _Table) -> ComplaintRules:
+def _complaints(t: _Table, business_timezone: str = "Asia/Shanghai") -> ComplaintRules:
     def by_severity(name: str, unit: int) -> Mapping[str, int]:
         s = t.table(name)
         out = {sev: int(s.number(sev, low=0) * unit) for sev in SEVERITIES}
@@ -280,6 +340,20 @@ def _complaints(t: _Table) -> ComplaintRules:
     fu = t.table("follow_up_hours")
     follow_up = int(fu.number("default", low=0) * _HOUR)
     fu.done()
+    pt = t.table("sla_profiles")
+    profiles = {}
+    for key in pt.keys():
+        value = pt.string(key)
+        if value not in SLA_PROFILES:
+            raise RulesError(pt.key(key), f"unknown SLA profile {value!r}; expected one of "
+                                          f"{', '.join(SLA_PROFILES)}")
+        if key != "default" and key not in COMPLAINT_CATEGORIES:
+            raise RulesError(pt.key(key), f"unknown complaint category; expected 'default' or "
+                                          f"one of {', '.join(COMPLAINT_CATEGORIES)}")
+        profiles[key] = value
+    pt.done()
+    default_profile = profiles.pop("default", "hours")
+    working_days = _working_days(t.table("working_days"), business_timezone)
     c = ComplaintRules(
         first_response_ms=first,
         resolution_ms=resolution,
@@ -288,9 +362,66 @@ def _complaints(t: _Table) -> ComplaintRules:
         follow_up_ms=follow_up,
         max_level=t.integer("max_level", low=1, high=10),
         retain_closed_ms=int(t.number("retain_closed_days", low=0) * _DAY),
+        default_profile=default_profile,
+        profiles=MappingProxyType(profiles),
+        working_days=working_days,
     )
     t.done()
     return c
+
+
+def _working_days(t: _Table, business_timezone: str) -> WorkingDayRules:
+    calendar = t.string("calendar")
+    if calendar != "chinese_calendar":
+        raise RulesError(t.key("calendar"), f"unknown calendar {calendar!r}; the one supported "
+                                            "is 'chinese_calendar' (mainland China, with its "
+                                            "make-up working days)")
+    last_year = t.integer("last_calendar_year", low=2004, high=2100)
+    from processors.workdays import calendar_covers
+
+    problem = calendar_covers(last_year)
+    if problem:
+        raise RulesError(t.key("last_calendar_year"), problem)
+    w = WorkingDayRules(
+        first_response_days=t.integer("first_response_days", low=1, high=365),
+        resolution_days=t.integer("resolution_days", low=1, high=365),
+        calendar=calendar,
+        last_calendar_year=last_year,
+        business_timezone=business_timezone,
+    )
+    t.done()
+    return w
+
+
+def _halls(t: _Table) -> HallRules:
+    st = t.table("star_staff")
+    h = HallRules(
+        target=t.number("target", low=0, high=100),
+        min_valid_replies=t.integer("min_valid_replies", low=1),
+        months_below_target=t.integer("months_below_target", low=1, high=24),
+        item_scale=t.number("item_scale", low=0),
+        star_exam_mean_at_least=st.number("exam_mean_at_least", low=0, high=100),
+        star_spot_check_at_least=st.number("spot_check_at_least", low=0, high=100),
+    )
+    st.done()
+    t.done()
+    return h
+
+
+def _feedback(t: _Table) -> FeedbackRules:
+    f = FeedbackRules(
+        handled_ms=int(t.number("handled_hours", low=0) * _HOUR),
+        result_ms=int(t.number("result_hours", low=0) * _HOUR),
+        retain_ms=int(t.number("retain_days", low=0) * _DAY),
+    )
+    t.done()
+    return f
+
+
+def _service_requests(t: _Table) -> ServiceRequestRules:
+    r = ServiceRequestRules(first_response_seconds=t.number("first_response_seconds", low=0))
+    t.done()
+    return r
 
 
 def _churn(t: _Table) -> ChurnRules:

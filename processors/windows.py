@@ -6,7 +6,9 @@ business time zone (default Asia/Shanghai). A row holds sums and counts only, so
 all partitions of one key are merged later (in ClickHouse) by summing, and the rates of the
 contract are computed after merging: first-contact-resolution rate, mean and p90 first
 response (from the histogram), AI-handled share, transfers per contact, complaint rate
-(complaints / contacts), NPS and mean composite (see :func:`window_metrics`).
+(complaints / contacts), service-request SLA compliance (service requests answered within
+``service_requests.first_response_seconds``, 600 s by default, over service requests), NPS and
+mean composite (see :func:`window_metrics`).
 
 Emission: :meth:`WindowAggregator.drain` returns one ``satisfaction.window_updated`` per key
 touched since the last drain, carrying the row's full current partial and its ``version``
@@ -39,12 +41,12 @@ MINUTE_MS = 60_000
 # since the last drain.
 (_VERSION, _SURVEYS, _COMPOSITE_SUM, _COMPOSITE_COUNT, _RS_SUM, _RS_COUNT, _RE_SUM, _RE_COUNT,
  _AT_SUM, _AT_COUNT, _FU_SUM, _FU_COUNT, _NPS_RESPONSES, _PROMOTERS, _DETRACTORS, _CONTACTS,
- _FCR, _AI, _TRANSFERS, _FR_COUNT, _FR_SUM, _BUCKETS, _COMPLAINTS,
- _START, _END, _KEY, _TOUCHED) = range(27)
+ _FCR, _AI, _TRANSFERS, _FR_COUNT, _FR_SUM, _BUCKETS, _COMPLAINTS, _SR, _SR_MET,
+ _START, _END, _KEY, _TOUCHED) = range(29)
 _N_PARTIAL = _START
 # The first-response bucket counts are stored flat at the end of the row (row[_B0:]), not as
 # a nested list (one object less per window for the cycle collector); row[_BUCKETS] is unused.
-_B0 = 27
+_B0 = 29
 
 #: Partial fields in row order (``first_response_buckets`` is a list of ints).
 PARTIAL_FIELDS = (
@@ -53,6 +55,7 @@ PARTIAL_FIELDS = (
     "attitude_sum", "attitude_count", "follow_up_sum", "follow_up_count", "nps_responses",
     "promoters", "detractors", "contacts", "fcr_contacts", "ai_contacts", "transfers_sum",
     "first_response_count", "first_response_sum", "first_response_buckets", "complaints",
+    "service_requests", "service_requests_met",
 )
 
 
@@ -91,6 +94,8 @@ class WindowAggregator:
         self.rules_version = rules.version
         self.source_partition = source_partition
         self.bounds = tuple(rules.windows.first_response_bounds)
+        self.service_request_s = (rules.service_requests.first_response_seconds
+                                  if rules.service_requests is not None else 600.0)
         self._n_buckets = len(self.bounds) + 1
         self._ret_1m = rules.windows.retention_1m_ms
         self._ret_1d = rules.windows.retention_1d_ms
@@ -104,7 +109,7 @@ class WindowAggregator:
         # behind (it is closed for events by the clock check either way).
         self._expiry: dict[str, deque] = {"1m": deque(), "1d": deque()}
         self._template = [0, 0, 0.0, 0, 0.0, 0, 0.0, 0, 0.0, 0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                          0.0, None, 0, 0, 0, None, False] + [0] * self._n_buckets
+                          0.0, None, 0, 0, 0, 0, 0, None, False] + [0] * self._n_buckets
         # (city, channel, tier) -> [1m row, 1d row] last used: consecutive events of a
         # combination mostly fall in the same minute and day, so no key is built for them.
         self._slots: dict[tuple, list] = {}
@@ -162,12 +167,15 @@ class WindowAggregator:
         return row
 
     def add_contact(self, contact: Mapping, tier: str) -> None:
-        """Fold a ``contact.completed``: contacts, FCR, AI handler, transfers, first response."""
+        """Fold a ``contact.completed``: contacts, FCR, AI handler, transfers, first response,
+        service requests and whether they met their SLA."""
         fcr = contact["resolved_first_contact"]
         ai = contact["handler"] == "ai"
         transfers = contact["transfers"]
         frs = contact["first_response_seconds"]
         bucket = _B0 + bisect_left(self.bounds, frs) if frs is not None else -1
+        service_request = contact["category"] == "service_request"
+        met = service_request and frs is not None and frs <= self.service_request_s
         self._pair(contact["occurred_at"], contact["city"], contact["channel"], tier)
         for row in (self.m, self.d):
             if row is None:
@@ -179,6 +187,10 @@ class WindowAggregator:
             if ai:
                 row[_AI] += 1
             row[_TRANSFERS] += transfers
+            if service_request:
+                row[_SR] += 1
+                if met:
+                    row[_SR_MET] += 1
             if bucket >= 0:
                 row[_FR_COUNT] += 1
                 row[_FR_SUM] += frs
@@ -291,6 +303,8 @@ class WindowAggregator:
             "first_response_sum": row[_FR_SUM],
             "first_response_buckets": row[_B0:],
             "complaints": row[_COMPLAINTS],
+            "service_requests": row[_SR],
+            "service_requests_met": row[_SR_MET],
         }
 
     def partial(self, key: tuple) -> dict | None:
@@ -320,7 +334,8 @@ class WindowAggregator:
         pending = []
         for key, start, end, touched, values in plain["rows"]:
             key = tuple(key)
-            row = list(values) + [start, end, key, touched] + list(values[_BUCKETS])
+            values = list(values) + [0] * (_N_PARTIAL - len(values))  # an older snapshot
+            row = values + [start, end, key, touched] + list(values[_BUCKETS])
             row[_BUCKETS] = None
             self.rows[key] = row
             if touched:
@@ -413,6 +428,8 @@ def window_metrics(partial: Mapping, bounds: Sequence[float]) -> dict:
         "ai_share": ratio(partial["ai_contacts"], contacts),
         "transfers_per_contact": ratio(partial["transfers_sum"], contacts),
         "complaint_rate": ratio(partial["complaints"], contacts),
+        "service_request_compliance": ratio(partial.get("service_requests_met", 0),
+                                            partial.get("service_requests", 0)),
         "first_response_mean": ratio(partial["first_response_sum"], partial["first_response_count"]),
         "first_response_p90": p90(partial["first_response_buckets"], bounds),
     }

@@ -14,6 +14,10 @@ What a line can get wrong, and what happens (every case is in ``tests/data/hosti
 - CSV: a row with more or fewer values than the header has columns (an unclosed quote shows
   as a row spanning several lines), a header naming a column twice; an unknown column is
   rejected by validation, naming it, on every row.
+
+CSV cells are text; validation converts them to the field's type (numbers, booleans). A list
+field (``cities`` of the incident events) is written as its items separated by ``;``
+(``beijing;shanghai``) or as a JSON array (``["beijing","shanghai"]``); an empty cell is no value.
 """
 
 from __future__ import annotations
@@ -254,7 +258,33 @@ def _csv_event(header: list[str], row: list[str], fixed_type: str | None) -> dic
     event: dict[str, Any] = {k: (v if v != "" else None) for k, v in zip(header, row)}
     if fixed_type and not event.get("event_type"):
         event["event_type"] = fixed_type
+    for name in _list_fields(event.get("event_type")):
+        if isinstance(event.get(name), str):
+            event[name] = _csv_list(event[name])
     return event
+
+
+def _list_fields(event_type: Any) -> tuple[str, ...]:
+    """The list-valued fields of an event type (none for an unknown type: validation says)."""
+    from schemas.catalogue import default_catalogue
+
+    catalogue = default_catalogue()
+    if not isinstance(event_type, str) or event_type not in catalogue.versions:
+        return ()
+    return tuple(f["name"] for f in catalogue.latest(event_type).definition["fields"]
+                 if isinstance(f["type"], dict) and f["type"].get("type") == "array")
+
+
+def _csv_list(cell: str) -> Any:
+    """``a;b`` or a JSON array -> a list; anything else is left for validation to refuse."""
+    text = cell.strip()
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return cell
+        return value
+    return [item.strip() for item in text.split(";")]
 
 
 def read_events(path: Path, event_type: str | None = None,

@@ -17,7 +17,7 @@ from functools import cache
 from typing import Any
 
 from schemas import validation
-from schemas.catalogue import Catalogue, default_catalogue
+from schemas.catalogue import OPERATIONAL_KEYS, Catalogue, default_catalogue
 
 API_VERSION = "1"
 
@@ -143,15 +143,19 @@ def event_schema(event_type: str, definition: dict[str, Any], version: int) -> d
         if f["name"] == "event_type" or (f["name"] != "event_id" and not nullable
                                          and "default" not in f):
             required.append(f["name"])
-    properties["customer_id"] = {
-        **properties["customer_id"],
-        "description": properties["customer_id"].get("description", "") + " Never a phone "
-        "number or an e-mail address: those are refused."}
+    if "customer_id" in properties:
+        properties["customer_id"] = {
+            **properties["customer_id"],
+            "description": properties["customer_id"].get("description", "") + " Never a phone "
+            "number or an e-mail address: those are refused."}
+    description = f"{definition.get('doc', '')} (Avro {definition['namespace']}." \
+                  f"{definition['name']} v{version})"
+    if event_type in OPERATIONAL_KEYS:
+        description += (f" Operational: no customer_id; keyed by {OPERATIONAL_KEYS[event_type]}.")
     return {
         "type": "object",
         "title": event_type,
-        "description": f"{definition.get('doc', '')} (Avro {definition['namespace']}."
-                       f"{definition['name']} v{version})",
+        "description": description,
         "properties": properties,
         "required": required,
         "additionalProperties": False,
@@ -177,7 +181,10 @@ def _field_schema(name: str, avro_type: Any, named: dict[str, Any]) -> tuple[dic
             return {"type": "string",
                     "enum": [s for s in avro_type["symbols"] if s != "unknown"]}, False
         if avro_type["type"] == "array":
-            return {"type": "array", "items": _string_schema(name)}, False
+            array = {"type": "array", "items": _string_schema(name)}
+            if name == "cities":  # validation: at least one affected city
+                array["minItems"] = 1
+            return array, False
         return _field_schema(name, avro_type["type"], named)
     schema = {
         "string": {"type": "string"}, "int": {"type": "integer", "format": "int32"},
@@ -213,7 +220,7 @@ def _string_schema(name: str) -> dict[str, Any]:
     limit = _rule("string_limit")
     if callable(limit):
         schema["maxLength"] = int(limit(name))
-    formats = {"city": _rule("_CITY"), "period": _rule("_PERIOD")}
+    formats = {"city": _rule("_CITY"), "cities": _rule("_CITY"), "period": _rule("_PERIOD")}
     if formats.get(name) is not None:
         schema["pattern"] = f"^(?:{formats[name].pattern})$"
     return schema

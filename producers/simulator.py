@@ -22,6 +22,22 @@ escalated, resolved, feedback, follow-up call, closed, sometimes reopened) is sc
 is filed. Month boundaries close every customer's billing period and schedule the month's
 plan changes, port-out / cancellation requests and tier decisions. Events leave the queue in
 time order; ``simulate`` stops after exactly the requested number.
+
+Service halls (seed: the Urumqi hall study, ``reference/seed-digest-B.md`` §3.2, §5): every city
+has halls in proportion to its customers (one per ~60, at least one), grouped by three into
+districts (Urumqi's are the study's: 南湖东, 延安路, ... in 新市区, 沙区, 天北). Customers visit a
+hall of their city about once a month (business hours); the share served by a handheld
+device rises from 10% in the first month to 30% in the last, 97.5-98% of matters are settled
+on site. About 65% answer the SMS survey (7% of replies blank or garbled: not valid). The
+waiting item moves from 92.3 in the first month to 96.6 in the last; about one hall in five is a
+"key improvement" hall whose satisfaction stays in 93-95.5, below the 96.0 target, for the
+first three months (at least), the others score 97-98.5. From the second month supervisors
+receive customers in each hall weekly (on-site resolution 97.5-98%); every month each hall's
+staff take the business exam (``AL`` + 6 digits, as the study's staff ids) and districts, halls
+and staff are spot-checked. Customers' feedback (意见反馈) is handled within 24 h and answered
+within 72 h, mostly; a few outages (incidents, levels 1-3) hit one to three cities and bring a
+surge of contacts there while they last. Operational events (shifts, spot checks, exams,
+incidents) have no customer_id. Live mode (``simulate_live``) has no hall traffic.
 """
 
 from __future__ import annotations
@@ -50,7 +66,12 @@ INTERACTION_TYPES = (
     "complaint.closed", "complaint.reopened", "survey.responded", "billing.period_closed",
     "plan.changed", "account.port_out_requested", "account.cancellation_requested",
     "tier.change_decided",
+    "hall.visit_completed", "hall.survey_responded", "supervision.onsite_shift",
+    "quality.spot_check_recorded", "staff.exam_scored", "feedback.received", "feedback.handled",
+    "feedback.result_reported", "incident.detected", "incident.resolved",
 )
+OPERATIONAL_TYPES = ("supervision.onsite_shift", "quality.spot_check_recorded",
+                     "staff.exam_scored", "incident.detected", "incident.resolved")
 
 # City code, March 2025 composite level, relative customer base. The eight named levels are
 # the report's; the other 24 lie strictly between the bottom three and the top five.
@@ -125,11 +146,35 @@ _SURVEY_PER_CONTACT = 0.24
 _SURVEY_PER_COMPLAINT = 0.45
 _SPILL = 0.02  # share of events expected after the span, so the last billing close is kept
 
+# Service halls (module docstring).
+_CUSTOMERS_PER_HALL = 60
+_HALL_VISITS_PER_MONTH = 1.0          # per customer
+_SMS_REPLY = 0.65                     # visits answered
+_SMS_INVALID = 0.07                   # replies blank or garbled
+_HANDHELD_FIRST, _HANDHELD_LAST = 0.10, 0.30
+_SELF_SERVICE = 0.05
+_RESOLVED_ON_SITE = 0.978
+_WAITING_FIRST, _WAITING_LAST = 92.3, 96.6   # the waiting item, percent
+_KEY_HALL_SHARE = 0.2
+_FEEDBACK_PER_MONTH = 0.03            # per customer
+_INCIDENTS_PER_MONTH = 2
+# Hall and feedback events per customer and month (for the volume calibration).
+_HALL_EVENTS = (_HALL_VISITS_PER_MONTH * (1 + _SMS_REPLY) + _FEEDBACK_PER_MONTH * 2.95 + 0.05)
+_XJ_DISTRICTS = ("xinshi", "shaqu", "tianbei")
+_XJ_HALLS = ("nanhudong", "yananlu", "yingbinlu", "beijinglu", "pigechang", "zhongquan",
+             "jiefangnan", "xibeilu", "qiantang")
+_BUSINESS_TYPES = (("bill_payment", 22), ("inquiry", 20), ("plan_change", 16),
+                   ("new_subscription", 12), ("broadband", 12), ("device_instalment", 8),
+                   ("other", 10))
+_FEEDBACK_CHANNELS = (("app", 35), ("phone", 30), ("wechat", 20), ("service_hall", 10),
+                      ("web", 5))
+_INCIDENT_SERVICES = (("network", 55), ("billing", 15), ("app", 20), ("other", 10))
+
 _SECOND, _MINUTE, _HOUR, _DAY = 1000, 60_000, 3_600_000, 86_400_000
 _EPOCH = datetime(1970, 1, 1)
 
 # Queue item kinds.
-_EMIT, _CONTACT, _MONTH, _SLICE, _LIVE_PRIMARY = 0, 1, 2, 3, 4
+_EMIT, _CONTACT, _MONTH, _SLICE, _LIVE_PRIMARY, _HALL_VISIT = 0, 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -314,6 +359,14 @@ class _Engine:
                       for k in range(len(self.bounds))]
             self.growth = growth
         self.contact_rate = self.rate_max = 0.0  # per ms; set by start_batch
+        self.halls = [] if self.live else _halls(cfg.seed, self.cities, pop)
+        self.city_halls: dict[int, list[_Hall]] = {}
+        for h in self.halls:
+            self.city_halls.setdefault(h.city, []).append(h)
+        self.city_customers: dict[int, list[int]] = {}
+        for i, city in enumerate(pop.city):
+            self.city_customers.setdefault(city, []).append(i)
+        self.n_visit = self.n_feedback = self.n_ops = 0
         self._iso_sec = -1
         self._iso_prefix = ""
 
@@ -329,7 +382,7 @@ class _Engine:
     def _calibrate(self, n: int) -> None:
         """Contact rate (per ms, before month and hour shaping) giving ~n events."""
         cfg = self.cfg
-        other = len(self.pop) * cfg.months * 1.06
+        other = len(self.pop) * cfg.months * (1.06 + _HALL_EVENTS)
         contacts = max((n * (1 - _SPILL) - other) / self._events_per_contact(),
                        0.3 * n / self._events_per_contact())
         shaped = sum(self.growth[k] * (self.bounds[k + 1] - self.bounds[k])
@@ -378,7 +431,8 @@ class _Engine:
         emitted = 0
         end = self.end_ms
         handlers = {_CONTACT: self.on_contact_arrival, _MONTH: self.on_month,
-                    _SLICE: self.on_slice, _LIVE_PRIMARY: self.on_live_primary}
+                    _SLICE: self.on_slice, _LIVE_PRIMARY: self.on_live_primary,
+                    _HALL_VISIT: self.on_hall_visit}
         new_id, iso = self.new_id, self.iso
         while heap:
             if limit is not None and emitted >= limit:
@@ -464,6 +518,15 @@ class _Engine:
             self.tier_decision(t, i)
 
     # -- contacts ------------------------------------------------------------------------
+    def operational(self, event_type: str, city: str, channel: str,
+                    agent: str | None = None) -> dict[str, Any]:
+        """An operational event: no customer (domain.md)."""
+        d: dict[str, Any] = {"event_id": None, "event_type": event_type, "occurred_at": None,
+                             "channel": channel, "city": city}
+        if agent is not None:
+            d["agent_id"] = agent
+        return d
+
     def base(self, event_type: str, i: int, channel: str, agent: str | None,
              corr: str | None) -> dict[str, Any]:
         d: dict[str, Any] = {"event_id": None, "event_type": event_type, "occurred_at": None,
@@ -734,6 +797,7 @@ class _Engine:
             self.push(self.bounds[k + 1], _MONTH, k + 1)
 
     def plan_month(self, k: int) -> None:
+        self.plan_halls(k)
         rng, pop = self.rng, self.pop
         lo, hi = self.bounds[k], self.bounds[k + 1]
         rnd = rng.random
@@ -759,6 +823,202 @@ class _Engine:
                 self.account_request(_when(lo, hi, self.offset_ms, rng), i, port_out=True)
             elif r < p_port + p_cancel:
                 self.account_request(_when(lo, hi, self.offset_ms, rng), i, port_out=False)
+
+    # -- service halls, feedback, incidents --------------------------------------------------
+    def progress(self, k: int) -> float:
+        """0 in the first month of the span, 1 in the last (and after it)."""
+        return 1.0 if self.last_month == 0 else min(1.0, k / self.last_month)
+
+    def plan_halls(self, k: int) -> None:
+        """Month k: the visits, shifts, exams, spot checks, feedback and incidents."""
+        if not self.halls:
+            return
+        rng, pop, off = self.rng, self.pop, self.offset_ms
+        lo, hi = self.bounds[k], self.bounds[k + 1]
+        for i in range(len(pop)):
+            for _ in range(_poisson(rng, _HALL_VISITS_PER_MONTH)):
+                self.push(_when(lo, hi, off, rng), _HALL_VISIT, i)
+            if rng.random() < _FEEDBACK_PER_MONTH:
+                self.feedback(_when(lo, hi, off, rng), i)
+        kk = min(k, self.last_month)
+        for h in self.halls:
+            city = self.cities[h.city].code
+            if kk >= 1 or self.last_month == 0:  # on-site reception from the second month
+                week = lo + int(rng.random() * 7 * _DAY)
+                while week < hi:
+                    self.onsite_shift(_daytime(week, off, rng), h, city)
+                    week += 7 * _DAY
+            exam_day = _when(lo + 20 * _DAY, lo + 22 * _DAY, off, rng)
+            for agent in h.staff:
+                d = self.operational("staff.exam_scored", city, "service_hall", agent)
+                d["exam_id"] = f"ex-{self.tag}-{k:02d}-{agent}"
+                d["hall_id"] = h.hall_id
+                d["score"] = round(min(100.0, max(50.0, rng.gauss(h.skill, 3.5))), 1)
+                self.emit(exam_day + int(rng.random() * _HOUR), d)
+            self.spot_check(_when(lo, hi, off, rng), "hall", h.hall_id, city, h.skill)
+            for agent in h.staff[:2]:
+                self.spot_check(_when(lo, hi, off, rng), "agent", agent, city, h.skill)
+        for district in sorted({(h.district, self.cities[h.city].code) for h in self.halls}):
+            self.spot_check(_when(lo, hi, off, rng), "district", district[0], district[1], 92.0)
+        for _ in range(_poisson(rng, _INCIDENTS_PER_MONTH)):
+            self.incident(lo + int(rng.random() * (hi - lo)))
+
+    def on_hall_visit(self, t: int, i: int) -> None:
+        rng, pop = self.rng, self.pop
+        rnd = rng.random
+        halls = self.city_halls.get(pop.city[i])
+        if not halls:
+            return
+        h = halls[int(rnd() * len(halls))] if rnd() < 0.3 else halls[i % len(halls)]
+        c = self.cities[pop.city[i]]
+        k = self.month_of(t)
+        p = self.progress(k)
+        self.n_visit += 1
+        visit_id = f"hv-{self.tag}-{self.n_visit:08d}"
+        handheld = _HANDHELD_FIRST + (_HANDHELD_LAST - _HANDHELD_FIRST) * p
+        r = rnd()
+        served = "handheld" if r < handheld else "self_service" if r < handheld + \
+            _SELF_SERVICE else "counter"
+        wait = int((600 - 240 * p) * h.busy * math.exp(0.7 * rng.gauss(0, 1)))
+        if served != "counter":
+            wait = int(wait * 0.35)
+        agent = h.staff[int(rnd() * len(h.staff))]
+        d = self.base("hall.visit_completed", i, "service_hall", agent, None)
+        d["visit_id"] = visit_id
+        d["hall_id"] = h.hall_id
+        d["district"] = h.district
+        d["wait_seconds"] = wait
+        d["served_at"] = served
+        d["business_type"] = self.pick(_BUSINESS)
+        d["handling_seconds"] = int(420 * math.exp(0.5 * rng.gauss(0, 1)))
+        d["resolved_on_site"] = rnd() < _RESOLVED_ON_SITE
+        d["greeted"] = rnd() < 0.92 + 0.06 * p
+        d["need_asked"] = rnd() < 0.82 + 0.13 * p
+        done = t + (wait + d["handling_seconds"]) * _SECOND
+        self.emit(done, d)
+        if rnd() < _SMS_REPLY:
+            reply_at = done + int(10 * _MINUTE + rnd() * 6 * _HOUR)
+            self.hall_survey(reply_at, i, c, h, k, visit_id)
+
+    def hall_survey(self, t: int, i: int, c: _City, h: "_Hall", k: int, visit_id: str) -> None:
+        rng = self.rng
+        d = self.base("hall.survey_responded", i, "sms", None, None)
+        self.n_survey += 1
+        d["survey_id"] = f"hs-{self.tag}-{self.n_survey:08d}"
+        d["hall_id"] = h.hall_id
+        d["visit_id"] = visit_id
+        valid = rng.random() >= _SMS_INVALID
+        d["valid"] = valid
+        if valid:
+            level = h.level(k)  # the hall's month level, percent
+            p = self.progress(k)
+            waiting = _WAITING_FIRST + (_WAITING_LAST - _WAITING_FIRST) * p + (level - 97.0) * 0.6
+            means = {"overall": level, "environment": level + 0.8, "waiting": waiting,
+                     "handling": level + 0.3, "staff_attitude": level + 0.6}
+            for item, mean in means.items():
+                if rng.random() < 0.04:
+                    continue  # not answered
+                d[item] = _item(rng, mean)
+            if not any(item in d for item in means):
+                d["overall"] = _item(rng, level)
+        self.emit(t, d)
+
+    def onsite_shift(self, t: int, h: "_Hall", city: str) -> None:
+        rng = self.rng
+        self.n_ops += 1
+        received = 5 + int(rng.random() * 11)
+        unresolved = sum(1 for _ in range(received) if rng.random() < 0.022)
+        d = self.operational("supervision.onsite_shift", city, "service_hall")
+        d["shift_id"] = f"sh-{self.tag}-{self.n_ops:06d}"
+        d["hall_id"] = h.hall_id
+        d["manager_id"] = f"mgr-{h.district}"
+        d["customers_received"] = received
+        d["unresolved"] = unresolved
+        d["on_duty"] = rng.random() < 0.96
+        d["handheld_used"] = rng.random() < 0.9
+        self.emit(t, d)
+
+    def spot_check(self, t: int, unit_type: str, unit_id: str, city: str, skill: float) -> None:
+        rng = self.rng
+        self.n_ops += 1
+        sampled = 10 + int(rng.random() * 21)
+        rate = min(1.0, max(0.5, rng.gauss(0.75 + (skill - 90) / 40, 0.06)))
+        d = self.operational("quality.spot_check_recorded", city, "service_hall")
+        d["check_id"] = f"qc-{self.tag}-{self.n_ops:06d}"
+        d["unit_type"] = unit_type
+        d["unit_id"] = unit_id
+        d["sampled"] = sampled
+        d["passed"] = min(sampled, int(round(sampled * rate)))
+        d["score"] = round(min(100.0, max(40.0, rng.gauss(skill + 1.0, 3.0))), 1)
+        self.emit(t, d)
+
+    def feedback(self, t: int, i: int) -> None:
+        rng = self.rng
+        rnd = rng.random
+        self.n_feedback += 1
+        fid = f"fb-{self.tag}-{self.n_feedback:07d}"
+        channel = self.pick(_FB_CHANNELS)
+
+        def ev(event_type: str, when: int) -> None:
+            d = self.base(event_type, i, channel, None, fid)
+            d["feedback_id"] = fid
+            self.emit(when, d)
+
+        ev("feedback.received", t)
+        handled = t + (int((0.5 + rnd() * 20) * _HOUR) if rnd() < 0.95
+                       else int((24.5 + rnd() * 24) * _HOUR))
+        ev("feedback.handled", handled)
+        r = rnd()
+        if r < 0.93:
+            reported = handled + int((rnd() * max(0.0, 71.5 - (handled - t) / _HOUR)) * _HOUR)
+        elif r < 0.98:
+            reported = t + int((72.2 + rnd() * 48) * _HOUR)
+        else:
+            return  # never reported
+        ev("feedback.result_reported", max(reported, handled + _MINUTE))
+
+    def incident(self, t: int) -> None:
+        """An outage in one to three cities, and the extra contacts it brings while it lasts."""
+        rng = self.rng
+        self.n_ops += 1
+        incident_id = f"inc-{self.tag}-{self.n_ops:06d}"
+        r = rng.random()
+        level = 1 if r < 0.15 else 2 if r < 0.5 else 3
+        service = self.pick(_INC_SERVICES)
+        weights = self.pop.city_weights
+        chosen: list[int] = []
+        for _ in range(1 + int(rng.random() * 3)):
+            j = bisect_right(self._city_cum(), rng.random() * sum(weights))
+            j = min(j, len(self.cities) - 1)
+            if j not in chosen:
+                chosen.append(j)
+        cities = [self.cities[j].code for j in chosen]
+        hours = (1 + rng.random() * (4 if level == 1 else 10))
+        end = t + int(hours * _HOUR)
+        for event_type, when in (("incident.detected", t), ("incident.resolved", end)):
+            d = self.operational(event_type, cities[0], "phone", "noc-01")
+            d["incident_id"] = incident_id
+            d["level"] = level
+            d["service"] = service
+            d["cities"] = list(cities)
+            self.emit(when, d)
+        surge = {1: 3.0, 2: 1.5, 3: 0.6}[level]
+        per_hour = self.contact_rate * _HOUR
+        total_w = sum(weights)
+        for j in chosen:
+            customers = self.city_customers.get(j)
+            if not customers:
+                continue
+            n = _poisson(rng, per_hour * weights[j] / total_w * hours * surge)
+            for _ in range(n):
+                self.contact(t + int(rng.random() * (end - t)),
+                             customers[int(rng.random() * len(customers))])
+
+    def _city_cum(self) -> list[float]:
+        cum = getattr(self, "_cities_cum", None)
+        if cum is None:
+            cum = self._cities_cum = list(_accumulate(self.pop.city_weights))
+        return cum
 
     def billing(self, t: int, i: int, period: str, k: int) -> None:
         pop, rng = self.pop, self.rng
@@ -822,6 +1082,62 @@ class _Engine:
         self.emit(t, d)
 
 
+class _Hall:
+    __slots__ = ("hall_id", "district", "city", "key", "base", "busy", "skill", "staff")
+
+    def level(self, k: int) -> float:
+        """The hall's satisfaction level in month k (percent): a key improvement hall starts
+        below target and improves slowly (still below 96 in the third month)."""
+        return self.base + (0.45 * k if self.key else 0.0)
+
+
+def _halls(seed: int, cities: list[_City], pop: _Population) -> list[_Hall]:
+    """The hall network: per city, one hall per ~60 customers (at least one), by three in
+    districts; Urumqi's halls and districts are the study's."""
+    rng = random.Random(f"cxledger-halls:{seed}")
+    counts = [0] * len(cities)
+    for c in pop.city:
+        counts[c] += 1
+    out = []
+    staff_no = 1000
+    for j, c in enumerate(cities):
+        n = max(1, min(12, round(counts[j] / _CUSTOMERS_PER_HALL)))
+        for h in range(n):
+            hall = _Hall()
+            hall.city = j
+            if c.code == "urumqi":
+                hall.hall_id = f"urumqi-{_XJ_HALLS[h % len(_XJ_HALLS)]}" + (
+                    f"-{h // len(_XJ_HALLS) + 1}" if h >= len(_XJ_HALLS) else "")
+                hall.district = f"urumqi-{_XJ_DISTRICTS[h % 3]}"
+            else:
+                hall.hall_id = f"{c.code}-h{h + 1:02d}"
+                hall.district = f"{c.code}-d{h // 3 + 1}"
+            # key improvement halls: mostly busy ones (enough replies to be ranked at all)
+            busy = counts[j] / n >= 45
+            hall.key = rng.random() < (_KEY_HALL_SHARE * 1.6 if busy else _KEY_HALL_SHARE / 2)
+            hall.base = (93.0 + rng.random() * 1.6) if hall.key else (97.2 + rng.random() * 1.3)
+            hall.busy = 0.7 + rng.random() * 0.8
+            hall.skill = 88.0 + rng.random() * 8.0
+            staff = []
+            for _ in range(3 + int(rng.random() * 4)):
+                staff_no += 1 + int(rng.random() * 40)
+                staff.append(f"AL{staff_no:06d}")
+            hall.staff = staff
+            out.append(hall)
+    return out
+
+
+def _item(rng: random.Random, mean_percent: float) -> int:
+    """One survey item, 1-10, around ``mean_percent`` / 10 (answers cluster at 9 and 10)."""
+    deficit = max(0.0, 10.0 - mean_percent / 10.0)
+    # 10 minus a geometric number of points whose mean is the deficit
+    p = 1.0 / (1.0 + deficit)
+    x = 10
+    while x > 1 and rng.random() > p:
+        x -= 1
+    return x
+
+
 def _when(lo: int, hi: int, offset_ms: int, rng: random.Random) -> int:
     """A business-hours instant (09:00-21:00 local) in [lo, hi)."""
     return min(hi - 1, _daytime(lo + int(rng.random() * (hi - lo)), offset_ms, rng))
@@ -855,6 +1171,9 @@ _CAT_AI = _cum(_AI_CATEGORIES)
 _CAT_AGENT = _cum(_AGENT_CATEGORIES)
 _CAT_OUT = _cum(_OUTBOUND_CATEGORIES)
 _RES = _cum(_RESOLUTIONS)
+_BUSINESS = _cum(_BUSINESS_TYPES)
+_FB_CHANNELS = _cum(_FEEDBACK_CHANNELS)
+_INC_SERVICES = _cum(_INCIDENT_SERVICES)
 
 
 def _config(seed: int, config: SimulationConfig | None) -> SimulationConfig:

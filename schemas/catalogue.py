@@ -33,8 +33,30 @@ DERIVED_TYPES = frozenset(
         "churn.risk_changed",
         "tier.change_proposed",
         "tier.changed",
+        "hall.survey_month_updated",
+        "hall.survey_month_closed",
+        "hall.key_improvement_flagged",
+        "hall.key_improvement_cleared",
+        "feedback.sla_breached",
     }
 )
+
+# Operational events have no customer (domain.md, "Service halls, feedback, incidents and quality
+# control"): their schemas have no customer_id, and they are keyed on Kafka by this field instead.
+# Every other event is keyed by customer_id.
+OPERATIONAL_KEYS: dict[str, str] = {
+    "supervision.onsite_shift": "hall_id",
+    "quality.spot_check_recorded": "unit_id",
+    "staff.exam_scored": "agent_id",
+    "incident.detected": "incident_id",
+    "incident.resolved": "incident_id",
+}
+
+
+def key_field(event_type: str) -> str:
+    """The field an event of this type is keyed by on Kafka: customer_id, or for the
+    operational types their own key (hall_id, unit_id, agent_id, incident_id)."""
+    return OPERATIONAL_KEYS.get(event_type, "customer_id")
 
 
 class CatalogueError(ValueError):

@@ -88,7 +88,7 @@ from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Any, Callable
 
-from schemas.catalogue import DERIVED_TYPES, Catalogue, default_catalogue
+from schemas.catalogue import DERIVED_TYPES, OPERATIONAL_KEYS, Catalogue, default_catalogue, key_field
 
 
 class EventValidationError(ValueError):
@@ -121,7 +121,7 @@ MAX_ID_CHARS = 128  # customer, agent, correlation, contact, complaint, survey, 
 MAX_CODE_CHARS = 64  # city, period and plan codes
 MAX_TEXT_CHARS = 2_000  # free text
 TEXT_FIELDS = frozenset({"reason"})
-CODE_FIELDS = frozenset({"city", "period", "plan_code", "from_plan", "to_plan"})
+CODE_FIELDS = frozenset({"city", "cities", "period", "plan_code", "from_plan", "to_plan"})
 MAX_QUOTED_CHARS = 60  # how much of a bad value an error message quotes
 
 _PERIOD = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
@@ -144,7 +144,23 @@ _RANGES: dict[str, tuple[float, float]] = {
     "follow_up": (0, 100),
     "nps": (0, 10),
     "level": (1, 3),
+    # service halls, supervision, quality control (domain.md, "Service halls ...")
+    "handling_seconds": (0, 86_400 * 30),
+    "overall": (1, 10),
+    "environment": (1, 10),
+    "waiting": (1, 10),
+    "handling": (1, 10),
+    "staff_attitude": (1, 10),
+    "customers_received": (0, 100_000),
+    "unresolved": (0, 100_000),
+    "sampled": (0, 1_000_000),
+    "passed": (0, 1_000_000),
+    "score": (0, 100),
 }
+#: The five items of the hall SMS survey; a valid reply answers at least one.
+HALL_SURVEY_ITEMS = ("overall", "environment", "waiting", "handling", "staff_attitude")
+# (field, the field it may not exceed): counts that are parts of another count
+_AT_MOST = (("unresolved", "customers_received"), ("passed", "sampled"))
 
 
 # -- quoting bad values -------------------------------------------------------------------------
@@ -453,6 +469,13 @@ def normalize_event(event: dict[str, Any], *, catalogue: Catalogue | None = None
                                    "publish it", "event_type", event_type, event_id)
     plan = _plan(event_type, catalogue)
     names = {p[0] for p in plan}
+    if event_type in OPERATIONAL_KEYS and "customer_id" in event:
+        if event["customer_id"] not in (None, ""):
+            raise EventValidationError(
+                f"{event_type} is an operational event and has no customer: omit customer_id "
+                f"(it is keyed by {OPERATIONAL_KEYS[event_type]})", "customer_id", event_type,
+                event_id)
+        event = {k: v for k, v in event.items() if k != "customer_id"}
     unknown = sorted(str(k) for k in event if k not in names)
     if unknown:
         raise EventValidationError(f"not a field of {event_type} (misspelt?)",
@@ -499,6 +522,24 @@ def _check_values(record: dict[str, Any], event_type: str, event_id: Any, now_ms
     if "period" in record and not _PERIOD.fullmatch(record["period"]):
         raise EventValidationError(f"must be YYYY-MM, got {_show(record['period'])}", "period",
                                    event_type, event_id)
+    for part, whole in _AT_MOST:
+        if part in record and whole in record and record[part] > record[whole]:
+            raise EventValidationError(f"must be at most {whole} ({record[whole]}), got "
+                                       f"{record[part]}", part, event_type, event_id)
+    if "cities" in record:
+        if not record["cities"]:
+            raise EventValidationError("must name at least one affected city", "cities",
+                                       event_type, event_id)
+        for i, city in enumerate(record["cities"]):
+            if not _CITY.fullmatch(city):
+                raise EventValidationError(f"item {i + 1} must be a lower-case city code such "
+                                           f"as 'beijing', got {_show(city)}", "cities",
+                                           event_type, event_id)
+    if (record.get("valid") is True and event_type == "hall.survey_responded"
+            and all(record.get(item) is None for item in HALL_SURVEY_ITEMS)):
+        raise EventValidationError("a valid reply answers at least one item (overall, "
+                                   "environment, waiting, handling, staff_attitude); a blank "
+                                   "reply has valid false", "valid", event_type, event_id)
 
 
 # -- personal data (PII) ------------------------------------------------------------------------
@@ -695,8 +736,9 @@ def screen_pii(record: dict[str, Any], event_type: str, catalogue: Catalogue | N
 
 def partition_key(record: dict[str, Any]) -> str:
     """What a ledger event is keyed by on Kafka: its customer, so that one customer's events
-    stay in order on one partition."""
-    return record["customer_id"]
+    stay in order on one partition; an operational event (no customer) by its hall, unit, agent
+    or incident (``schemas.catalogue.OPERATIONAL_KEYS``), so that those stay in order too."""
+    return record[key_field(record["event_type"])]
 
 
 def ledger_refusal(record: dict[str, Any], key: bytes | None) -> str | None:
@@ -707,12 +749,19 @@ def ledger_refusal(record: dict[str, Any], key: bytes | None) -> str | None:
     events would not stay in order. The ledger sink dead-letters a refused record and the
     processors skip it, so what is folded is what is stored.
     """
-    expected = partition_key(record)
+    field = key_field(record.get("event_type"))
+    expected = record.get(field)
+    if not isinstance(expected, str):
+        try:  # the record lacks its key field: validation names it
+            normalize_event(dict(record))
+        except EventValidationError as exc:
+            return str(exc)
+        return f"no {field}: a ledger event of this type is keyed by it"
     if key is None:
-        return f"no message key: a ledger event is keyed by its customer_id ({expected!r})"
+        return f"no message key: a ledger event is keyed by its {field} ({expected!r})"
     if key != expected.encode():
-        return (f"message key {key[:80]!r} is not the event's customer_id {expected!r}: "
-                "publish with the SDK or key by customer_id")
+        return (f"message key {key[:80]!r} is not the event's {field} {expected!r}: "
+                f"publish with the SDK or key by {field}")
     try:
         normalize_event(dict(record))
     except EventValidationError as exc:

@@ -32,7 +32,7 @@ DERIVED_TABLES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
         "attitude_sum", "attitude_count", "follow_up_sum", "follow_up_count", "nps_responses",
         "promoters", "detractors", "contacts", "fcr_contacts", "ai_contacts", "transfers_sum",
         "first_response_count", "first_response_sum", "first_response_buckets", "complaints",
-        "rules_version"))),
+        "rules_version", "service_requests", "service_requests_met"))),
     "complaint.sla_breached": ("complaint_sla_breaches", (
         ("event_id", "event_id"), ("complaint_id", "complaint_id"), *_ENVELOPE,
         ("channel", "channel"), ("sla", "sla"), ("deadline", "deadline"),
@@ -62,6 +62,26 @@ DERIVED_TABLES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
         ("event_id", "event_id"), ("proposal_id", "proposal_id"), *_ENVELOPE,
         ("from_tier", "from_tier"), ("to_tier", "to_tier"), ("occurred_at", "occurred_at"),
         ("rules_version", "rules_version"))),
+    # migration 2: service halls and feedback
+    "feedback.sla_breached": ("feedback_sla_breaches", (
+        ("event_id", "event_id"), ("feedback_id", "feedback_id"), *_ENVELOPE,
+        ("channel", "channel"), ("sla", "sla"), ("deadline", "deadline"),
+        ("received_at", "received_at"), ("occurred_at", "occurred_at"),
+        ("rules_version", "rules_version"))),
+    "hall.survey_month_updated": ("hall_survey_month_partials", tuple((c, c) for c in (
+        "hall_id", "city", "month", "month_start", "source_partition", "version", "closed",
+        "replies", "valid_replies", "score_sum", "overall_sum", "overall_count",
+        "environment_sum", "environment_count", "waiting_sum", "waiting_count", "handling_sum",
+        "handling_count", "staff_attitude_sum", "staff_attitude_count", "rules_version"))),
+    "hall.survey_month_closed": ("hall_survey_month_closes", tuple((c, c) for c in (
+        "event_id", "source_partition", "month", "month_end", "hall_ids", "hall_cities",
+        "replies", "valid_replies", "score_sums", "rules_version"))),
+    "hall.key_improvement_flagged": ("hall_key_improvement_flags", tuple((c, c) for c in (
+        "event_id", "hall_id", "city", "months", "values", "valid_replies", "target",
+        "occurred_at", "rules_version"))),
+    "hall.key_improvement_cleared": ("hall_key_improvement_clears", tuple((c, c) for c in (
+        "event_id", "hall_id", "city", "month", "value", "valid_replies", "target",
+        "flagged_months", "occurred_at", "rules_version"))),
 }
 _PLANS = {t: (table, tuple(c for c, _ in cols), tuple(f for _, f in cols))
           for t, (table, cols) in DERIVED_TABLES.items()}

@@ -30,8 +30,11 @@ LEDGER_GROUP = LEDGER_SINK_GROUP
 
 
 def ledger_row(record: dict[str, Any], schema_id: int, partition: int, offset: int) -> list[Any]:
+    """The ``ledger_events`` row of a record. An operational event (no customer: supervision,
+    quality, staff, incidents) has customer_id '' there: ``customer_id != ''`` selects the
+    customers' events, ``payload`` holds the event's own key (hall_id, unit_id, ...)."""
     return [record["event_id"], record["event_type"], record["occurred_at"],
-            record["customer_id"], record["channel"], record["city"], record["agent_id"],
+            record.get("customer_id") or "", record["channel"], record["city"], record["agent_id"],
             record["correlation_id"], dumps(record), schema_id, partition, offset]
 
 

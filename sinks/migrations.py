@@ -82,6 +82,7 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", ("ledger.sql", "derived.sql", "views.sql")),
+    Migration(2, "service_halls", ("migrations/0002_service_halls.sql",)),
 )
 
 # Distributed tables' sharding keys (cluster DDL). Every version of a ReplacingMergeTree row must
@@ -97,6 +98,11 @@ SHARDING_KEYS: dict[str, str] = {
     "tier_changes": "cityHash64(customer_id)",
     "satisfaction_window_partials":
         "cityHash64(window, window_start, city, channel, tier, source_partition)",
+    "hall_survey_month_partials": "cityHash64(hall_id, month, source_partition)",
+    "hall_survey_month_closes": "cityHash64(month, source_partition)",
+    "hall_key_improvement_flags": "cityHash64(hall_id)",
+    "hall_key_improvement_clears": "cityHash64(hall_id)",
+    "feedback_sla_breaches": "cityHash64(customer_id)",
     "deadletter_events": "cityHash64(source_topic, source_partition)",
 }
 
@@ -199,9 +205,13 @@ def render_statement(statement: str, target: Target, names: Iterable[str]) -> li
             f"ENGINE = Distributed({target.cluster}, {database}, {local}, {SHARDING_KEYS[table]})",
         ]
     if m := _ALTER.match(statement):
-        # a table's own structure (indexes, TTL) lives on the local tables of a cluster
+        # a table's own structure (indexes, TTL) lives on the local tables of a cluster; a new
+        # column also on the Distributed table over them, which must show it too
         table = f"{m['table']}_local" if target.cluster else m["table"]
-        return [f"ALTER TABLE {target.name(table)}{on} {m['rest']}"]
+        out = [f"ALTER TABLE {target.name(table)}{on} {m['rest']}"]
+        if target.cluster and re.match(r"ADD COLUMN\b", m["rest"].strip(), re.I):
+            out.append(f"ALTER TABLE {target.name(m['table'])}{on} {m['rest']}")
+        return out
     if m := _CREATE_VIEW.match(statement):
         if not target.database:
             return [statement]
@@ -401,6 +411,7 @@ def migrate(client, *, cluster: str | None = None, params: dict[str, str] | None
                         this_build=migration.checksum[:12])
     pending = [m for m in migrations if m.version not in done]
     if not pending:
+        _refresh_views(client, params, cluster, migrations)
         return report
     tables, views = object_names(migrations)
     adopting = applied is None and any(
@@ -435,4 +446,17 @@ def migrate(client, *, cluster: str | None = None, params: dict[str, str] | None
                 "service; Kubernetes: the cxledger-init Job), then start this process again. "
                 f"({str(exc).strip().splitlines()[0][:300]})") from exc
         raise
+    _refresh_views(client, params, cluster, migrations)
     return report
+
+
+def _refresh_views(client, params: dict[str, str] | None, cluster: str | None,
+                   migrations: Sequence[Migration] = MIGRATIONS) -> None:
+    """Views made with other rules' values are recreated (sinks.clickhouse.refresh_views); a
+    user that may not (the sinks' writer) logs why, and goes on: views hold no data."""
+    from sinks.clickhouse import refresh_views
+
+    try:
+        refresh_views(client, params, cluster, migrations)
+    except StoreError as exc:
+        log.error("views out of step with the rules", error=str(exc))

@@ -18,6 +18,7 @@ tables and a copy of the live ones then go to a scratch engine of the replaying 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -31,7 +32,6 @@ from tqdm import tqdm
 from processors.batch import PartitionFolds, settle_heap, tune_gc_for_folds
 from processors.ledger import live_clock_target
 from processors.rules import Rules
-from sinks.clickhouse import ddl_text, statements
 from sinks.derived_sink import DERIVED_TABLES, derived_row
 
 log = structlog.get_logger("cxledger.replay")
@@ -104,25 +104,46 @@ def replay_tables(client: Client) -> list[str]:
 
 
 def create_replay_tables(client: Client, database: str = REPLAY_DB) -> None:
+    """Fresh copies of the derived tables in ``database``, as the migrations build them (their
+    CREATE TABLE and ALTER TABLE statements, in order), so their columns line up with the live
+    ones."""
+    from sinks.migrations import MIGRATIONS, Target, object_names, render_migration
+
     client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-    for table in replay_tables(client):
+    tables = set(replay_tables(client))
+    for table in tables:
         client.command(f"DROP TABLE IF EXISTS {database}.{table}")
-    for statement in statements(ddl_text("derived.sql")):
-        client.command(statement.replace("CREATE TABLE IF NOT EXISTS ",
-                                         f"CREATE TABLE IF NOT EXISTS {database}.", 1))
+    target = Target(database=database)
+    created, views = object_names()
+    for migration in MIGRATIONS:
+        for statement in render_migration(migration, target, names=created | views):
+            m = re.match(r"(?:CREATE TABLE IF NOT EXISTS|ALTER TABLE) " + re.escape(database)
+                         + r"\.(\w+)", statement)
+            if m and m[1] in tables:
+                client.command(statement)
+
+
+def ledger_partition_count(client: Client) -> int:
+    """How many partitions the ledger topic has, as far as the store can tell (the highest
+    partition with an event, plus one)."""
+    rows = client.query("SELECT max(kafka_partition) + 1, count() FROM ledger_events").result_rows
+    return int(rows[0][0]) if rows and rows[0][1] else 1
 
 
 def replay(client: Client, rules: Rules, show_progress: bool = True, *,
-           scratch: Client | None = None, live_clock_ms: int | None = None) -> ReplayReport:
+           scratch: Client | None = None, live_clock_ms: int | None = None,
+           ledger_partitions: int | None = None) -> ReplayReport:
     """Fold the whole ledger of ``client`` into the replay tables and compare them with the
     live ones. ``scratch``: where to write when ``client`` is read-only (a running stack).
     ``live_clock_ms``: wall time at which to finish as the live processors' clock would (idle
-    partitions within the live lag move to wall time less the allowed lateness)."""
+    partitions within the live lag move to wall time less the allowed lateness).
+    ``ledger_partitions``: the ledger topic's partition count, which the hall-months fold waits
+    for (processors.halls; default: what the store shows, ``ledger_partition_count``)."""
     started = time.monotonic()
     scratch = scratch or client
     create_replay_tables(scratch)
     total = client.query("SELECT count() FROM ledger_events FINAL").result_rows[0][0]
-    folds = PartitionFolds(rules)
+    folds = PartitionFolds(rules, ledger_partitions or ledger_partition_count(client))
     tune_gc_for_folds()
     events = derived_count = 0
     with tqdm(total=total, desc="replaying", unit="ev", disable=not show_progress,
@@ -154,7 +175,7 @@ def advance_live_clocks(folds: PartitionFolds, wall_ms: int) -> list[dict[str, A
         if target is not None:
             derived += fold.advance_clock(target)
             derived += fold.drain_windows() + fold.drain_complaints()
-    return derived
+    return folds.decide_halls(derived)
 
 
 def copy_live_tables(source: Client, scratch: Client) -> None:

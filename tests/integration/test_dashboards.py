@@ -75,7 +75,7 @@ ALERT_RULES_FILE = DEPLOY / "grafana" / "provisioning" / "alerting" / "cxledger.
 PLUGIN_ID = "grafana-clickhouse-datasource"
 PLUGIN_VERSION = "4.20.0"
 EXPECTED_DASHBOARDS = {"churn-tiers.json", "complaints-sla.json", "satisfaction.json",
-                       "overview.json", "operations.json"}
+                       "overview.json", "operations.json", "service-halls.json"}
 # tables and views whose rows carry a customer tier: a panel that filters them by city filters
 # them by $tier too
 TIERED = ("satisfaction_window_partials", "satisfaction_scores", "churn_risk_changes",
@@ -507,7 +507,9 @@ SEED_DAYS = [datetime(y, m, d, tzinfo=SHANGHAI) for y, m in
              [(2024, 10), (2024, 11), (2024, 12), (2025, 1), (2025, 2), (2025, 3)] for d in (5, 20)]
 HIGH_RISK = f"{PREFIX}-cust-high"
 SEEDED_TABLES = ("satisfaction_window_partials", "complaint_state", "complaint_sla_breaches",
-                 "churn_risk_changes", "tier_proposals", "tier_changes")
+                 "churn_risk_changes", "tier_proposals", "tier_changes",
+                 "hall_survey_month_partials", "hall_key_improvement_flags", "feedback_sla_breaches",
+                 "ledger_events")
 
 
 def _uuid() -> str:
@@ -587,11 +589,114 @@ def seed(client) -> None:
                      "occurred_at", "rules_version"])
 
 
+# Service halls (seed_halls): the halls of the first three seeded cities, Jan-Mar 2025.
+HALLS = {"top": f"{PREFIX}c0-h01", "key": f"{PREFIX}c1-h01", "few": f"{PREFIX}c2-h01"}
+
+
+def _ledger_row(event_type: str, at: datetime, city: str, payload: dict, customer: str = "",
+                agent: str | None = None, offset: list = [0]) -> list:
+    offset[0] += 1
+    event_id = _uuid()
+    body = {"event_id": event_id, "event_type": event_type, "city": city, **payload}
+    if customer:
+        body["customer_id"] = customer
+    return [event_id, event_type, _ms(at), customer, "service_hall", city, agent, None,
+            json.dumps(body), 0, 0, 10_000_000 + offset[0]]
+
+
+def seed_halls(client) -> None:
+    """Hand-made hall rows: 'top' scores 97.5 on 40 valid replies a month, 'key' 92.0 on 30 (and
+    is flagged), 'few' 99.0 on only 29 (never ranked). Visits, shifts, exams, spot checks,
+    feedback, service requests and an incident for the hall panels' expected values."""
+    part_cols = ["hall_id", "city", "month", "month_start", "source_partition", "version", "closed",
+                 "replies", "valid_replies", "score_sum", "overall_sum", "overall_count",
+                 "environment_sum", "environment_count", "waiting_sum", "waiting_count",
+                 "handling_sum", "handling_count", "staff_attitude_sum", "staff_attitude_count",
+                 "rules_version"]
+    rows = []
+    for (hall, city, valid, score) in ((HALLS["top"], CITIES[0], 40, 97.5),
+                                       (HALLS["key"], CITIES[1], 30, 92.0),
+                                       (HALLS["few"], CITIES[2], 29, 99.0)):
+        for month in (1, 2, 3):
+            start = datetime(2025, month, 1, tzinfo=SHANGHAI)
+            for part in (0, 1):  # two partitions' halves, summed by the view
+                n = valid // 2 + (valid % 2 if part == 0 else 0)
+                rows.append([hall, city, f"2025-{month:02d}", _ms(start), part, n + 1, True, n + 1, n,
+                             n * score] + [n * score / 10, n] * 5 + ["test"])
+    client.insert("hall_survey_month_partials", rows, column_names=part_cols)
+    client.insert("hall_key_improvement_flags", [
+        [_uuid(), HALLS["key"], CITIES[1], ["2025-01", "2025-02", "2025-03"], [92.0, 92.0, 92.0],
+         [30, 30, 30], 96.0, _ms(datetime(2025, 4, 1, tzinfo=SHANGHAI)), "test"]],
+        column_names=["event_id", "hall_id", "city", "months", "values", "valid_replies", "target",
+                      "occurred_at", "rules_version"])
+    march = datetime(2025, 3, 10, 10, 0, tzinfo=SHANGHAI)
+    ledger = []
+    for k in range(10):  # 10 visits to 'top' in March: 3 by handheld
+        ledger.append(_ledger_row("hall.visit_completed", march + timedelta(minutes=k), CITIES[0], {
+            "visit_id": f"v{k}", "hall_id": HALLS["top"], "district": f"{PREFIX}c0-d1",
+            "wait_seconds": 60 * (k + 1), "served_at": "handheld" if k < 3 else "counter",
+            "business_type": "inquiry", "handling_seconds": 300, "resolved_on_site": True,
+            "greeted": True, "need_asked": k < 8}, customer=f"{PREFIX}-v{k}"))
+    for received, unresolved in ((40, 1), (40, 0)):  # on-site resolution 79 / 80 = 98.75%
+        ledger.append(_ledger_row("supervision.onsite_shift", march, CITIES[0], {
+            "shift_id": _uuid(), "hall_id": HALLS["top"], "manager_id": "m-1",
+            "customers_received": received, "unresolved": unresolved, "on_duty": True,
+            "handheld_used": True}))
+    for agent, score in ((f"{PREFIX}-AL1", 95.0), (f"{PREFIX}-AL2", 96.0), (f"{PREFIX}-AL3", 85.0)):
+        ledger.append(_ledger_row("staff.exam_scored", march, CITIES[0], {
+            "exam_id": _uuid(), "hall_id": HALLS["top"], "score": score}, agent=agent))
+    ledger.append(_ledger_row("quality.spot_check_recorded", march, CITIES[0], {  # AL2 fails one
+        "check_id": _uuid(), "unit_type": "agent", "unit_id": f"{PREFIX}-AL2", "sampled": 10,
+        "passed": 7, "score": 70.0}))
+    for k, (handled_h, reported_h) in enumerate(((2, 30), (3, 80), (None, 10), (30, 40))):
+        at = march + timedelta(days=k)
+        fid = f"{PREFIX}-fb{k}"
+        ledger.append(_ledger_row("feedback.received", at, CITIES[0], {"feedback_id": fid},
+                                  customer=f"{PREFIX}-f{k}"))
+        if handled_h is not None:
+            ledger.append(_ledger_row("feedback.handled", at + timedelta(hours=handled_h),
+                                      CITIES[0], {"feedback_id": fid}, customer=f"{PREFIX}-f{k}"))
+        ledger.append(_ledger_row("feedback.result_reported", at + timedelta(hours=reported_h),
+                                  CITIES[0], {"feedback_id": fid}, customer=f"{PREFIX}-f{k}"))
+    incident_at = datetime(2025, 3, 12, 10, 30, tzinfo=SHANGHAI)
+    for event_type, at in (("incident.detected", incident_at),
+                           ("incident.resolved", incident_at + timedelta(hours=2))):
+        ledger.append(_ledger_row(event_type, at, CITIES[0], {
+            "incident_id": f"{PREFIX}-inc", "level": 1, "service": "network",
+            "cities": [CITIES[0]]}))
+    ledger.append(_ledger_row("contact.completed", incident_at + timedelta(minutes=20), CITIES[0], {
+        "contact_id": f"{PREFIX}-k1", "category": "technical"}, customer=f"{PREFIX}-k1"))
+    client.insert("ledger_events", ledger, column_names=[
+        "event_id", "event_type", "occurred_at", "customer_id", "channel", "city", "agent_id",
+        "correlation_id", "payload", "schema_id", "kafka_partition", "kafka_offset"])
+    # feedback 1 (result at 80 h) and 3 (handled at 30 h) breached
+    client.insert("feedback_sla_breaches", [
+        [_uuid(), f"{PREFIX}-fb1", f"{PREFIX}-f1", CITIES[0], "app", "result",
+         _ms(march + timedelta(days=1, hours=72)), _ms(march + timedelta(days=1)),
+         _ms(march + timedelta(days=1, hours=72)), "test"],
+        [_uuid(), f"{PREFIX}-fb3", f"{PREFIX}-f3", CITIES[0], "app", "handled",
+         _ms(march + timedelta(days=3, hours=24)), _ms(march + timedelta(days=3)),
+         _ms(march + timedelta(days=3, hours=24)), "test"]],
+        column_names=["event_id", "feedback_id", "customer_id", "city", "channel", "sla", "deadline",
+                      "received_at", "occurred_at", "rules_version"])
+    # service requests: 10, of which 9 within 10 minutes; contacts per minute around the incident
+    client.insert("satisfaction_window_partials", [
+        ["1d", _ms(datetime(2025, 3, 12, tzinfo=SHANGHAI)), CITIES[0], "app", "standard", 0, 1, 10, 9,
+         0, [0] * 11, "test"],
+        ["1m", _ms(incident_at), CITIES[0], "phone", "standard", 0, 1, 0, 0, 7, [0] * 11, "test"],
+        ["1m", _ms(incident_at - timedelta(hours=2)), CITIES[0], "phone", "standard", 0, 1, 0, 0, 2,
+         [0] * 11, "test"],
+    ], column_names=["window", "window_start", "city", "channel", "tier", "source_partition", "version",
+                     "service_requests", "service_requests_met", "contacts", "first_response_buckets",
+                     "rules_version"])
+
+
 @pytest.fixture(scope="module")
 def seeded(clickhouse):
     """The shared store with this module's rows; they are deleted again afterwards."""
     try:
         seed(clickhouse)
+        seed_halls(clickhouse)
         yield clickhouse
     finally:
         for table in SEEDED_TABLES:
@@ -714,6 +819,50 @@ def test_panels_compute_the_expected_values_on_seeded_rows(seeded):
     assert rows(churn["Tier downgrades"])[0]["changes"] == 0
 
 
+def test_service_halls_compute_the_expected_values_on_seeded_rows(seeded):
+    """The "Service halls" dashboard on the hand-made hall rows (seed_halls)."""
+    board = dict(load_dashboards())["service-halls.json"]
+    halls, _ = run_panels(board, seeded, "seeded")
+    top = rows(halls["Top 10 halls"])
+    assert [(r["hall_id"], r["satisfaction"], r["valid_replies"]) for r in top][:1] == [
+        (HALLS["top"], 97.5, 40)]
+    assert HALLS["few"] not in {r["hall_id"] for r in top}  # 29 valid replies: not ranked
+    bottom = rows(halls["Bottom 10 halls"])
+    assert (bottom[0]["hall_id"], bottom[0]["satisfaction"], bottom[0]["on_target"]) == (
+        HALLS["key"], 92.0, False)
+    flagged = rows(halls["Halls flagged for key improvement"])
+    assert [(r["hall_id"], r["months"]) for r in flagged] == [
+        (HALLS["key"], "2025-01, 2025-02, 2025-03")]
+    assert rows(halls["Halls flagged for key improvement"]) and rows(
+        halls["Halls flagged for key improvement"])[0]["values"] == "92, 92, 92"
+    # (40 x 3 x 97.5 + 30 x 3 x 92 + 29 x 3 x 99) / (120 + 90 + 87)
+    assert rows(halls["Hall SMS satisfaction"])[0]["satisfaction"] == pytest.approx(
+        round((120 * 97.5 + 90 * 92.0 + 87 * 99.0) / 297, 2))
+    assert rows(halls["Handheld share"])[0]["handheld"] == 30.0  # 3 of the 10 March visits
+    assert rows(halls["On-site resolution"])[0]["resolution"] == 98.8  # 79 / 80
+    # feedback: result within 72 h for 0, 2, 3 (1 breached): 3 / 4; handled: 0, 1, 2 (via the
+    # result) met, 3 breached
+    assert rows(halls["Feedback answered within 72 h"])[0]["compliance"] == 75.0
+    days = rows(halls["Feedback SLA compliance per day"])
+    assert sorted((r["handled_24h"], r["result_72h"]) for r in days) == [
+        (0.0, 100.0), (100.0, 0.0), (100.0, 100.0), (100.0, 100.0)]
+    assert rows(halls["Service requests answered within 10 min"])[0]["compliance"] == 90.0
+    stars = {r["agent_id"] for r in rows(halls["Star staff candidates"])}
+    assert stars == {f"{PREFIX}-AL1"}  # AL2 failed a spot check, AL3's exam is below 90
+    volume = [(r["contacts"], r["incident_level"]) for r in rows(
+        halls["Contacts per city and hour, incidents overlaid"]) if r["city"] == CITIES[0]]
+    assert sorted(volume, key=str) == sorted([(2, None), (7, 1)], key=str)
+    [incident] = rows(halls["Incidents"])
+    assert (incident["incident_id"], incident["contacts"], incident["complaints"]) == (
+        f"{PREFIX}-inc", 1, 0)
+    months = {r["month"]: r for r in rows(halls["Halls per month"]) if r["hall_id"] == HALLS["top"]}
+    march = months["2025-03"]
+    assert (march["visits"], march["wait_mean_seconds"], march["wait_p90_seconds"],
+            march["greeted_pct"], march["need_asked_pct"]) == (10, 330.0, 600.0, 100.0, 80.0)
+    # waits 60, 120, ..., 600 s: mean 330; p90 is quantileExact's element at 0.9 x 10 (0-based),
+    # the 10th smallest, 600
+
+
 def test_overview_and_operations_compute_the_expected_values_on_seeded_rows(seeded):
     boards = dict(load_dashboards())
     ov, _ = run_panels(boards["overview.json"], seeded, "seeded")
@@ -766,14 +915,28 @@ def test_a_broken_panel_query_fails_the_check(seeded):
 # ------------------------------------------------------------------------------------------------
 # Prometheus expressions: only metrics and labels the services export
 def exported_metrics() -> dict[str, set[str]]:
-    """Sample name -> label names, of what the services export (or will: issue 9 item 2)."""
+    """Sample name -> label names, of what the services export."""
     from producers.gateway_metrics import GatewayMetrics
 
-    samples: dict[str, set[str]] = {
-        # processors and sinks (CXLEDGER_METRICS_PORT): names fixed by the operations brief
-        "cxledger_consumer_lag": {"group", "topic", "partition"},
-        "cxledger_dead_letters_total": {"reason", "consumer"},
-    }
+    from cxledger.metrics import Metrics
+
+    samples: dict[str, set[str]] = {}
+    # processors, sinks and the query endpoint (CXLEDGER_METRICS_PORT), from their registry
+    ours = Metrics()
+    ours.add_source(ours, lag=lambda: [("g", "t", 0, 1)], assigned=lambda: [("g", 1)],
+                    folds=lambda: [(0, 1, 1)], sink=lambda: [("s", 1.0, False)])
+    ours.dead_letter("unknown schema id 1", "c")
+    for counter, labels in ((ours.events_in, ("c", "t")), (ours.events_out, ("p", "t")),
+                            (ours.rows_written, ("s", "t")), (ours.store_retries, ("s",))):
+        counter.labels(*labels).inc()
+    for histogram, labels in ((ours.batch_messages, ("s",)), (ours.write_seconds, ("s",)),
+                              (ours.query_seconds, ("ok", "JSON"))):
+        histogram.labels(*labels).observe(1)
+    for family in ours.registry.collect():
+        for sample in family.samples:
+            samples.setdefault(sample.name, set()).update(sample.labels)
+    assert samples["cxledger_consumer_lag"] == {"group", "topic", "partition"}
+    assert samples["cxledger_dead_letters_total"] == {"reason", "consumer"}
     metrics = GatewayMetrics(lambda: 0.0)
     metrics.event("contact.completed", "k", "accepted")
     metrics.request("/v1/events", 200, 0.01)

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 LEGACY_DDL = ROOT / "tests" / "data" / "ddl_before_migrations"
 TABLES, VIEWS = object_names()
+TABLES_1, _ = object_names(MIGRATIONS[:1])  # what a store made before migrations has
 
 
 @pytest.fixture
@@ -63,7 +64,12 @@ def schema(client, database: str) -> dict[str, tuple[str, str]]:
 
 
 def fingerprint(client, tables) -> dict[str, tuple[int, int]]:
-    return {t: tuple(client.query(f"SELECT count(), groupBitXor(cityHash64(*)) FROM {t}").result_rows[0])
+    """count and a hash of every row of each table, over the columns migration 1 made (a later
+    migration may add columns, with defaults)."""
+    columns = {m.group(1): list(_column_types(st)) for st in MIGRATIONS[0].statements()
+               if (m := re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", st))}
+    return {t: tuple(client.query(f"SELECT count(), groupBitXor(cityHash64({', '.join(columns[t])})) "
+                                  f"FROM {t}").result_rows[0])
             for t in sorted(tables)}
 
 
@@ -114,22 +120,25 @@ def test_migration_1_is_the_ddl_of_before_migrations_and_is_frozen():
 def test_a_fresh_database_is_migrated_once_and_recorded(database):
     name, client = database()
     report = migrate(client)
-    assert (report.before, report.after, report.applied, report.adopted) == (0, latest_version(), [1], False)
-    (record,) = applied_migrations(client)
+    everything = list(range(1, latest_version() + 1))
+    assert (report.before, report.after, report.applied, report.adopted) == (0, latest_version(), everything, False)
+    record, *later = applied_migrations(client)
     assert (record.version, record.name, record.checksum, record.how) == (
         1, "initial", MIGRATIONS[0].checksum, "applied")
+    assert [(a.version, a.name, a.checksum) for a in later] == [
+        (m.version, m.name, m.checksum) for m in MIGRATIONS[1:]]
     assert isinstance(record.applied_at, datetime)
     assert TABLES | VIEWS <= set(schema(client, name))
     again = migrate(client)
     assert again.applied == [] and again.after == latest_version()
-    assert len(applied_migrations(client)) == 1
+    assert len(applied_migrations(client)) == latest_version()
 
 
 def test_the_sinks_create_tables_is_the_migration(database):
     name, client = database()
     create_tables(client)
     create_tables(client)  # idempotent
-    assert [a.version for a in applied_migrations(client)] == [1]
+    assert [a.version for a in applied_migrations(client)] == list(range(1, latest_version() + 1))
     other_name, other = database()
     migrate(other)
     assert schema(client, name) == schema(other, other_name)
@@ -151,27 +160,29 @@ def test_a_store_made_before_migrations_is_adopted_without_data_loss(database):
     name, client = database("t_legacy")
     legacy_store(client)
     seed_rows(client)
-    before = fingerprint(client, TABLES)
+    before = fingerprint(client, TABLES_1)
     assert applied_migrations(client) is None
-    later = Migration(2, "add_a_table", sql="""
+    nxt = latest_version() + 1
+    later = Migration(nxt, "add_a_table", sql="""
         -- a later change: a new table and an index on an existing one
         CREATE TABLE IF NOT EXISTS test_later (id UInt64, seen_at DateTime64(3, 'UTC'))
         ENGINE = ReplacingMergeTree ORDER BY id;
         ALTER TABLE deadletter_events ADD INDEX IF NOT EXISTS reason_seen reason TYPE tokenbf_v1(512, 2, 0) GRANULARITY 1
     """)
     report = migrate(client, migrations=(*MIGRATIONS, later))
-    assert report.adopted and report.applied == [1, 2] and report.after == 2
-    assert [(a.version, a.how) for a in applied_migrations(client)] == [(1, "adopted"), (2, "applied")]
-    assert fingerprint(client, TABLES) == before, "adoption changed rows"
+    assert report.adopted and report.applied == list(range(1, nxt + 1)) and report.after == nxt
+    assert [(a.version, a.how) for a in applied_migrations(client)] == [(1, "adopted")] + [
+        (v, "applied") for v in range(2, nxt + 1)]
+    assert fingerprint(client, TABLES_1) == before, "adoption changed rows"
     assert client.query("SELECT count() FROM ledger").result_rows[0][0] == 50
     assert "test_later" in schema(client, name)
     # the adopted schema is the one a fresh migration builds
     fresh_name, fresh = database("t_fresh")
     migrate(fresh)
     adopted = {k: v for k, v in schema(client, name).items() if k != "test_later"}
-    assert "INDEX reason_seen reason" in adopted.pop("deadletter_events")[1]  # migration 2's index
+    assert "INDEX reason_seen reason" in adopted.pop("deadletter_events")[1]  # the later index
     assert adopted == {k: v for k, v in schema(fresh, fresh_name).items() if k != "deadletter_events"}
-    # and this build, which knows only migration 1, refuses the database migration 2 made
+    # and this build, which does not know the later migration, refuses the database it made
     with pytest.raises(SchemaTooNew):
         migrate(client)
 
@@ -220,7 +231,8 @@ def test_a_user_that_may_not_change_the_schema_is_told_who_must(database):
                                    "ON cx.schema_migrations. (ACCESS_DENIED)")
             return client.command(sql, *args, **kwargs)
 
-    with pytest.raises(MigrationError, match=r"schema version 0.*needs version 1.*cxledger db migrate"):
+    with pytest.raises(MigrationError,
+                       match=rf"schema version 0.*needs version {latest_version()}.*cxledger db migrate"):
         migrate(Writer())
     migrate(client)
     assert migrate(Writer()).applied == []  # once migrated, the writer starts: reads only
@@ -238,10 +250,18 @@ def test_the_cluster_ddl_is_replicated_distributed_and_on_cluster(clickhouse):
     creates = {re.match(r"CREATE TABLE IF NOT EXISTS cx\.(\w+)", s).group(1): s for s in rendered
                if s.startswith("CREATE TABLE")}
     columns = {}
-    for statement in MIGRATIONS[0].statements():
-        m = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
-        if m:
-            columns[m.group(1)] = set(_column_types(statement))
+    for migration in MIGRATIONS:
+        for statement in migration.statements():
+            m = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
+            if m:
+                columns[m.group(1)] = set(_column_types(statement))
+            m = re.match(r"ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+)", statement)
+            if m:  # a later column: on the local tables and on the Distributed one over them
+                columns[m.group(1)].add(m.group(2))
+                assert (f"ALTER TABLE cx.{m.group(1)}_local ON CLUSTER prod ADD COLUMN IF NOT "
+                        f"EXISTS {m.group(2)}") in text
+                assert (f"ALTER TABLE cx.{m.group(1)} ON CLUSTER prod ADD COLUMN IF NOT "
+                        f"EXISTS {m.group(2)}") in text
     assert set(columns) == TABLES and set(SHARDING_KEYS) >= TABLES
     for table in TABLES:
         local = creates[f"{table}_local"]
@@ -310,8 +330,10 @@ sys.stdout.write(out.getvalue())
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    assert "schema version 0 -> 1" in out and "schema version 1, up to date" in out
+    latest = latest_version()
+    assert f"schema version 0 -> {latest}" in out and f"schema version {latest}, up to date" in out
     assert re.search(r"^\s+1\s+initial\s+applied", out, re.M)
+    assert re.search(r"^\s+2\s+service_halls\s+applied", out, re.M)
     assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/cx/ledger_events_local'" in out
     bad = subprocess.run([sys.executable, "-m", "cxledger.cli", "db", "ddl", "--database", "cx; DROP"],
                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})

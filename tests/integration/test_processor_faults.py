@@ -78,5 +78,5 @@ def test_lost_derived_events_are_sent_again_before_the_input_is_committed(settin
     assert written.count("sending the batch again") == 3, written[-3000:]
     record("processor_faults", faults=3, kind="derived events lost before acknowledgement")
     expected = clean_fold(settings, len(events))
-    assert len(expected) > 500
+    assert len(expected) > 300  # enough derived events to lose some
     assert derived_ids(settings, len(expected)) == expected

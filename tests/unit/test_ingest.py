@@ -210,3 +210,68 @@ def test_a_csv_row_spanning_lines_is_numbered_by_its_first_line(tmp_path):
     path = tmp_path / "plan.changed.csv"
     path.write_bytes(PLAN_HEADER + plan_row(to=b'"5g\n299"') + plan_row())
     assert [(n, ok) for n, ok, _ in outcomes(path)] == [(2, True), (4, True)]
+
+
+# -- service halls, feedback, incidents and quality control ------------------------------------
+
+def test_jsonl_of_the_hall_feedback_and_incident_types(tmp_path):
+    from tests.unit.events import (exam, feedback, hall_survey, hall_visit, incident,
+                                   onsite_shift, spot_check)
+
+    lines = [hall_visit(), hall_survey(), onsite_shift(), spot_check(), exam(), feedback(),
+             feedback("feedback.handled"), feedback("feedback.result_reported"), incident(),
+             incident("incident.resolved"), {**onsite_shift(), "customer_id": "c-9"}]
+    path = tmp_path / "halls.jsonl"
+    path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in lines))
+    records, errors = [], []
+    for n, event, error in read_events(path):
+        assert error is None
+        try:
+            records.append(normalize_event(event))
+        except EventValidationError as exc:
+            errors.append((n, exc.field, str(exc)))
+    assert [r["event_type"] for r in records] == [e["event_type"] for e in lines[:-1]]
+    assert "customer_id" not in records[2] and records[8]["cities"] == ["urumqi", "lanzhou"]
+    assert errors == [(11, "customer_id", "field 'customer_id': supervision.onsite_shift is an "
+                       "operational event and has no customer: omit customer_id (it is keyed "
+                       "by hall_id)")]
+
+
+def test_csv_of_an_operational_type_and_a_list_field(tmp_path):
+    path = tmp_path / "incident.detected.csv"
+    path.write_text(
+        "occurred_at,channel,city,incident_id,level,service,cities\n"
+        "2025-03-04T09:00:00+08:00,phone,urumqi,inc-1,1,network,urumqi;lanzhou\n"
+        "2025-03-04T10:00:00+08:00,phone,urumqi,inc-2,2,app,\"[\"\"beijing\"\"]\"\n"
+        "2025-03-04T11:00:00+08:00,phone,urumqi,inc-3,4,app,beijing\n"
+        "2025-03-04T12:00:00+08:00,phone,urumqi,inc-4,3,app,Beijing;x\n")
+    rows = list(read_events(path))
+    assert normalize_event(rows[0][1])["cities"] == ["urumqi", "lanzhou"]
+    assert normalize_event(rows[1][1])["cities"] == ["beijing"]
+    for (_, event, _), (field, message) in zip(rows[2:], [
+            ("level", "must be between 1 and 3, got '4'"),
+            ("cities", "item 1 must be a lower-case city code")]):
+        with pytest.raises(EventValidationError, match=message) as info:
+            normalize_event(event)
+        assert info.value.field == field
+
+
+def test_csv_of_hall_survey_replies(tmp_path):
+    path = tmp_path / "hall.survey_responded.csv"
+    path.write_text(
+        "occurred_at,customer_id,channel,city,survey_id,hall_id,visit_id,overall,environment,"
+        "waiting,handling,staff_attitude,valid\n"
+        "2025-03-04T09:00:00+08:00,c-1,sms,urumqi,hs-1,urumqi-nanhudong,v-1,10,9,,10,10,true\n"
+        "2025-03-04T09:01:00+08:00,c-2,sms,urumqi,hs-2,urumqi-nanhudong,,,,,,,false\n"
+        "2025-03-04T09:02:00+08:00,c-3,sms,urumqi,hs-3,urumqi-nanhudong,,,,,,,true\n"
+        "2025-03-04T09:03:00+08:00,c-4,sms,urumqi,hs-4,urumqi-nanhudong,,11,,,,,true\n")
+    rows = list(read_events(path))
+    first, blank = (normalize_event(rows[i][1]) for i in (0, 1))
+    assert (first["waiting"], first["overall"], first["valid"]) == (None, 10, True)
+    assert blank["valid"] is False and blank["overall"] is None
+    for (_, event, _), (field, message) in zip(rows[2:], [
+            ("valid", "a valid reply answers at least one item"),
+            ("overall", "must be between 1 and 10")]):
+        with pytest.raises(EventValidationError, match=message) as info:
+            normalize_event(event)
+        assert info.value.field == field

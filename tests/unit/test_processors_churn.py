@@ -170,7 +170,7 @@ def test_risk_event_fields_and_id():
     fold, out = run(p)
     [risk] = risk_events(out)
     assert risk == {
-        "event_id": str(uuid.uuid5(NAMESPACE, f"churn.risk_changed|2025.03-1|c-5|{p['event_id']}")),
+        "event_id": str(uuid.uuid5(NAMESPACE, f"churn.risk_changed|2025.10-1|c-5|{p['event_id']}")),
         "event_type": "churn.risk_changed",
         "occurred_at": T0,
         "customer_id": "c-5",
@@ -178,7 +178,7 @@ def test_risk_event_fields_and_id():
         "city": p["city"],
         "agent_id": None,
         "correlation_id": None,
-        "rules_version": "2025.03-1",
+        "rules_version": "2025.10-1",
         "score": 45.0,
         "level": "medium",
         "previous_level": "low",

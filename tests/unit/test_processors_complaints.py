@@ -108,7 +108,7 @@ def test_breach_event_fields_and_deterministic_id():
               city="urumqi")
     fold, _ = fold_with(f)
     [b] = only_breach(fold, T0 + 2 * HOUR + 1)
-    name = "complaint.sla_breached|2025.03-1|c-9|q7|first_response|0"
+    name = "complaint.sla_breached|2025.10-1|c-9|q7|first_response|0"
     assert b == {
         "event_id": str(uuid.uuid5(NAMESPACE, name)),
         "event_type": "complaint.sla_breached",
@@ -118,7 +118,7 @@ def test_breach_event_fields_and_deterministic_id():
         "city": "urumqi",
         "agent_id": None,
         "correlation_id": "q7",
-        "rules_version": "2025.03-1",
+        "rules_version": "2025.10-1",
         "complaint_id": "q7",
         "sla": "first_response",
         "deadline": T0 + 2 * HOUR,
@@ -194,7 +194,7 @@ def test_reopen_starts_a_new_resolution_cycle_and_rearms_feedback_after_resoluti
     [b] = only_breach(fold, reopened + 2 * HOUR + 15 * MIN + 1)
     assert (b["sla"], b["deadline"]) == ("feedback", reopened + 2 * HOUR + 15 * MIN)
     assert b["event_id"] != derived_id(
-        "complaint.sla_breached", "2025.03-1", "c-000042", "q1", "feedback", 0)
+        "complaint.sla_breached", "2025.10-1", "c-000042", "q1", "feedback", 0)
 
 
 def test_a_breach_per_cycle():

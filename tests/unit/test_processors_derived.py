@@ -15,8 +15,8 @@ def test_name_id_is_uuid5_of_the_namespace(name):
 
 
 def test_derived_id_joins_its_parts_with_a_bar():
-    assert derived_id("complaint.sla_breached", "2025.03-1", "c-1", "q1", "resolution", 2) == str(
-        uuid.uuid5(NAMESPACE, "complaint.sla_breached|2025.03-1|c-1|q1|resolution|2"))
+    assert derived_id("complaint.sla_breached", "2025.10-1", "c-1", "q1", "resolution", 2) == str(
+        uuid.uuid5(NAMESPACE, "complaint.sla_breached|2025.10-1|c-1|q1|resolution|2"))
     assert derived_id("a", "b") != derived_id("a", "c")
 
 

@@ -14,7 +14,7 @@ DAY = 24 * HOUR
 
 def test_shipped_defaults_match_the_contract():
     r = load_rules()
-    assert r.version == "2025.03-1"
+    assert r.version == "2025.10-1"
     s = r.satisfaction
     assert dict(s.weights) == {"response_speed": 0.30, "resolution_efficiency": 0.40,
                                "attitude": 0.20, "follow_up": 0.10}
@@ -60,7 +60,7 @@ def test_churn_level_bounds(score, level):
 
 def test_load_rules_from_a_path(tmp_path):
     src = load_rules().source
-    text = open(src, encoding="utf-8").read().replace('version = "2025.03-1"', 'version = "x-2"')
+    text = open(src, encoding="utf-8").read().replace('version = "2025.10-1"', 'version = "x-2"')
     path = tmp_path / "rules.toml"
     path.write_text(text, encoding="utf-8")
     assert load_rules(path).version == "x-2"

@@ -67,7 +67,7 @@ def test_score_survey_builds_satisfaction_scored():
                subject_id="k-77", nps=10, **MARCH)
     scored = score_survey(s, "gold", RULES)
     assert scored == {
-        "event_id": str(uuid.uuid5(NAMESPACE, f"satisfaction.scored|2025.03-1|{s['event_id']}")),
+        "event_id": str(uuid.uuid5(NAMESPACE, f"satisfaction.scored|2025.10-1|{s['event_id']}")),
         "event_type": "satisfaction.scored",
         "occurred_at": T0 + 5_000,
         "customer_id": "c-1",
@@ -75,7 +75,7 @@ def test_score_survey_builds_satisfaction_scored():
         "city": "beijing",
         "agent_id": None,
         "correlation_id": "case-9",
-        "rules_version": "2025.03-1",
+        "rules_version": "2025.10-1",
         "survey_id": s["survey_id"],
         "subject_id": "k-77",
         "composite": 86.97,

@@ -53,19 +53,19 @@ def test_an_upgrade_applies_at_once():
     b = billing(T0, "2025-01", "1500.00", channel="app", city="hangzhou")
     fold, out = run(b)
     proposed, changed = tier_events(out)
-    pid = str(uuid.uuid5(NAMESPACE, f"tier.proposal|2025.03-1|{CID}|{b['event_id']}"))
+    pid = str(uuid.uuid5(NAMESPACE, f"tier.proposal|2025.10-1|{CID}|{b['event_id']}"))
     assert proposed == {
-        "event_id": str(uuid.uuid5(NAMESPACE, f"tier.change_proposed|2025.03-1|{pid}")),
+        "event_id": str(uuid.uuid5(NAMESPACE, f"tier.change_proposed|2025.10-1|{pid}")),
         "event_type": "tier.change_proposed", "occurred_at": T0, "customer_id": CID,
         "channel": "app", "city": "hangzhou", "agent_id": None, "correlation_id": pid,
-        "rules_version": "2025.03-1", "proposal_id": pid, "from_tier": "standard",
+        "rules_version": "2025.10-1", "proposal_id": pid, "from_tier": "standard",
         "to_tier": "gold", "basis": Decimal("1500.00"), "requires_approval": False,
     }
     assert changed == {
-        "event_id": str(uuid.uuid5(NAMESPACE, f"tier.changed|2025.03-1|{pid}")),
+        "event_id": str(uuid.uuid5(NAMESPACE, f"tier.changed|2025.10-1|{pid}")),
         "event_type": "tier.changed", "occurred_at": T0, "customer_id": CID,
         "channel": "app", "city": "hangzhou", "agent_id": None, "correlation_id": pid,
-        "rules_version": "2025.03-1", "from_tier": "standard", "to_tier": "gold",
+        "rules_version": "2025.10-1", "from_tier": "standard", "to_tier": "gold",
         "proposal_id": pid,
     }
     assert tier_of(fold) == "gold"

@@ -105,13 +105,13 @@ def test_drain_emits_touched_windows_once_with_their_full_partial():
                            ("1d", T0, "hohhot", "ivr", "standard")}
     day = second[("1d", T0, "hohhot", "ivr", "standard")]
     assert (day["version"], day["contacts"]) == (2, 2)   # cumulative, not a delta
-    name = f"satisfaction.window_updated|2025.03-1|2|1d|{T0}|hohhot|ivr|standard|2"
+    name = f"satisfaction.window_updated|2025.10-1|2|1d|{T0}|hohhot|ivr|standard|2"
     assert {k: day[k] for k in ("event_id", "event_type", "occurred_at", "customer_id", "channel",
                                 "city", "agent_id", "correlation_id", "rules_version", "window",
                                 "window_start", "source_partition", "tier")} == {
         "event_id": str(uuid.uuid5(NAMESPACE, name)), "event_type": "satisfaction.window_updated",
         "occurred_at": T0, "customer_id": "", "channel": "ivr", "city": "hohhot",
-        "agent_id": None, "correlation_id": None, "rules_version": "2025.03-1", "window": "1d",
+        "agent_id": None, "correlation_id": None, "rules_version": "2025.10-1", "window": "1d",
         "window_start": T0, "source_partition": 2, "tier": "standard"}
     assert set(day) - set(PARTIAL_FIELDS) == {
         "event_id", "event_type", "occurred_at", "customer_id", "channel", "city", "agent_id",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.catalogue import DERIVED_TYPES, CatalogueError, load_catalogue
+from schemas.catalogue import DERIVED_TYPES, OPERATIONAL_KEYS, CatalogueError, load_catalogue
 from schemas.compatibility import check_backward_transitive
 
 DOMAIN_TYPES = {
@@ -16,6 +16,11 @@ DOMAIN_TYPES = {
     "plan.changed", "account.port_out_requested", "account.cancellation_requested",
     "tier.change_decided", "satisfaction.scored", "complaint.sla_breached", "churn.risk_changed",
     "tier.change_proposed", "tier.changed",
+    # service halls, feedback, incidents and quality control
+    "hall.visit_completed", "hall.survey_responded", "supervision.onsite_shift",
+    "quality.spot_check_recorded", "staff.exam_scored", "feedback.received", "feedback.handled",
+    "feedback.result_reported", "incident.detected", "incident.resolved",
+    "hall.key_improvement_flagged", "hall.key_improvement_cleared", "feedback.sla_breached",
 }
 ENVELOPE = ["event_id", "event_type", "occurred_at", "customer_id", "channel", "city",
             "agent_id", "correlation_id"]
@@ -35,7 +40,8 @@ def test_every_contract_type_has_a_schema(catalogue):
 def test_schemas_share_the_envelope_and_document_every_field(catalogue):
     for event_type in catalogue.event_types:
         latest = catalogue.latest(event_type)
-        assert list(latest.field_names[: len(ENVELOPE)]) == ENVELOPE, event_type
+        envelope = [f for f in ENVELOPE if f != "customer_id" or event_type not in OPERATIONAL_KEYS]
+        assert list(latest.field_names[: len(envelope)]) == envelope, event_type
         if event_type in DERIVED_TYPES:
             assert "rules_version" in latest.field_names, event_type
         assert latest.definition["namespace"].startswith("cxledger."), event_type
@@ -127,3 +133,27 @@ def test_ids_are_unique_and_stable(catalogue):
     ids = [v.schema_id for vs in catalogue.versions.values() for v in vs]
     assert len(ids) == len(set(ids))
     assert catalogue.latest("contact.completed").schema_id == 14
+
+
+def test_operational_events_have_no_customer_and_a_required_key_of_their_own(catalogue):
+    """domain.md: operational events have no customer_id; they are keyed by hall_id, agent_id,
+    incident_id (a spot check by the unit it checked). Every other event has a customer_id."""
+    assert set(OPERATIONAL_KEYS) == {"supervision.onsite_shift", "quality.spot_check_recorded",
+                                     "staff.exam_scored", "incident.detected",
+                                     "incident.resolved"}
+    for event_type in catalogue.event_types:
+        fields = {f["name"]: f for f in catalogue.latest(event_type).definition["fields"]}
+        if event_type in OPERATIONAL_KEYS:
+            assert "customer_id" not in fields, event_type
+            assert fields[OPERATIONAL_KEYS[event_type]]["type"] == "string", event_type
+        else:
+            assert fields["customer_id"]["type"] == "string", event_type
+
+
+def test_window_partials_v2_adds_service_requests_with_defaults(catalogue):
+    versions = catalogue.versions["satisfaction.window_updated"]
+    assert [v.version for v in versions] == [1, 2]
+    added = [f for f in versions[1].definition["fields"]
+             if f["name"] not in versions[0].field_names]
+    assert [(f["name"], f["default"]) for f in added] == [("service_requests", 0),
+                                                            ("service_requests_met", 0)]

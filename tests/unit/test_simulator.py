@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 
-from producers.simulator import CITIES, INTERACTION_TYPES, SimulationConfig, simulate, \
-    simulate_live
+from producers.simulator import CITIES, INTERACTION_TYPES, OPERATIONAL_TYPES, \
+    SimulationConfig, simulate, simulate_live
 
 CHANNELS = {"phone", "ivr", "online_chat", "email", "app", "wechat", "weibo", "sms", "web",
             "service_hall", "field_visit", "social_media", "ai_assistant"}
@@ -52,9 +52,30 @@ EXTRA = {
     "account.port_out_requested": {},
     "account.cancellation_requested": {},
     "tier.change_decided": {"decision": {"approved", "rejected"}},
+    "hall.visit_completed": {
+        "visit_id": str, "hall_id": str, "district": str, "wait_seconds": int,
+        "served_at": {"counter", "handheld", "self_service"},
+        "business_type": {"new_subscription", "broadband", "plan_change", "device_instalment",
+                          "bill_payment", "inquiry", "other"},
+        "handling_seconds": int, "resolved_on_site": bool, "greeted": bool, "need_asked": bool},
+    "hall.survey_responded": {"survey_id": str, "hall_id": str, "visit_id": str, "valid": bool},
+    "supervision.onsite_shift": {"shift_id": str, "hall_id": str, "manager_id": str,
+                                 "customers_received": int, "unresolved": int, "on_duty": bool,
+                                 "handheld_used": bool},
+    "quality.spot_check_recorded": {"check_id": str, "unit_type": {"district", "hall", "agent"},
+                                    "unit_id": str, "sampled": int, "passed": int,
+                                    "score": float},
+    "staff.exam_scored": {"exam_id": str, "hall_id": str, "score": float},
+    "feedback.received": {"feedback_id": str},
+    "feedback.handled": {"feedback_id": str},
+    "feedback.result_reported": {"feedback_id": str},
+    "incident.detected": {"incident_id": str, "level": {1, 2, 3},
+                          "service": {"network", "billing", "app", "other"}, "cities": list},
+    "incident.resolved": {"incident_id": str, "level": {1, 2, 3},
+                          "service": {"network", "billing", "app", "other"}, "cities": list},
 }
 OPTIONAL = {"agent_id", "correlation_id", "reason", "proposal_id", "subject_id", "nps",
-            *DIMENSIONS}
+            *DIMENSIONS, "overall", "environment", "waiting", "handling", "staff_attitude"}
 COMMON = ("event_id", "event_type", "occurred_at", "customer_id", "channel", "city")
 
 
@@ -96,7 +117,7 @@ def test_same_seed_same_events_other_seed_other_events():
     assert a == list(simulate(3_000, seed=11))
     b = list(simulate(3_000, seed=12))
     assert [e["event_id"] for e in a] != [e["event_id"] for e in b]
-    assert [e["customer_id"] for e in a] != [e["customer_id"] for e in b]
+    assert [e.get("customer_id") for e in a] != [e.get("customer_id") for e in b]
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 137, 5_000])
@@ -113,13 +134,18 @@ def test_occurred_at_never_goes_back(events):
 def test_every_event_has_the_contract_form(events):
     ids = set()
     for e in events:
-        for name in COMMON:
+        operational = e["event_type"] in OPERATIONAL_TYPES
+        common = [n for n in COMMON if not (operational and n == "customer_id")]
+        for name in common:
             assert e.get(name) not in (None, ""), (name, e)
         assert e["event_type"] in INTERACTION_TYPES
         assert uuid.UUID(e["event_id"]).version == 4
         ids.add(e["event_id"])
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", e["occurred_at"])
-        assert re.fullmatch(r"c-\d{6}", e["customer_id"])
+        if operational:
+            assert "customer_id" not in e, e  # operational events have no customer
+        else:
+            assert re.fullmatch(r"c-\d{6}", e["customer_id"])
         assert e["channel"] in CHANNELS
         assert e["city"] in CITY_CODES
         spec = EXTRA[e["event_type"]]
@@ -164,18 +190,22 @@ def test_all_32_cities_appear(events):
 def test_a_customer_stays_in_one_city(events):
     cities = defaultdict(set)
     for e in events:
-        cities[e["customer_id"]].add(e["city"])
+        if "customer_id" in e:
+            cities[e["customer_id"]].add(e["city"])
     assert all(len(c) == 1 for c in cities.values())
 
 
 def test_volume_mix(events):
     kinds = Counter(e["event_type"].split(".")[0] for e in events)
     n = len(events)
-    assert 0.45 < kinds["contact"] / n < 0.65
-    assert 0.10 < kinds["survey"] / n < 0.20
-    assert 0.12 < kinds["complaint"] / n < 0.28
+    assert 0.33 < kinds["contact"] / n < 0.55
+    assert 0.07 < kinds["survey"] / n < 0.18
+    assert 0.09 < kinds["complaint"] / n < 0.24
     rest = kinds["billing"] + kinds["plan"] + kinds["account"] + kinds["tier"]
     assert 0.05 < rest / n < 0.20
+    halls = kinds["hall"] + kinds["supervision"] + kinds["quality"] + kinds["staff"]
+    assert 0.12 < halls / n < 0.30
+    assert 0.005 < (kinds["feedback"] + kinds["incident"]) / n < 0.03
 
 
 def test_named_city_satisfaction_ordering(by_type):
@@ -341,8 +371,9 @@ def test_contact_handling_shape(by_type):
 def test_config_customers_and_seed_override():
     config = SimulationConfig(seed=5, customers=60, months=2)
     events = list(simulate(2_000, config=config))
-    assert len({e["customer_id"] for e in events}) <= 60
-    assert all(int(e["customer_id"][2:]) <= 60 for e in events)
+    customers = [e["customer_id"] for e in events if "customer_id" in e]
+    assert len(set(customers)) <= 60
+    assert all(int(c[2:]) <= 60 for c in customers)
     assert list(simulate(500, seed=9, config=config)) != list(simulate(500, config=config))
     with pytest.raises(ValueError):
         SimulationConfig(months=0)
@@ -361,3 +392,81 @@ def test_live_events_near_wall_time():
     for e in events:
         assert e["event_type"] in INTERACTION_TYPES and e["city"] in CITY_CODES
     assert list(simulate_live(0, 10)) == []
+
+
+# -- service halls (seed: the Urumqi hall study, seed-digest-B.md §3.2, §5) ---------------------
+
+def _by_month(events, event_type):
+    out = defaultdict(list)
+    for e in events:
+        if e["event_type"] == event_type:
+            out[local_month(e)].append(e)
+    return out
+
+
+def test_halls_belong_to_districts_of_their_city(big):
+    visits = [e for e in big if e["event_type"] == "hall.visit_completed"]
+    district_of, city_of = {}, {}
+    for v in visits:
+        assert district_of.setdefault(v["hall_id"], v["district"]) == v["district"]
+        assert city_of.setdefault(v["hall_id"], v["city"]) == v["city"]
+        assert v["hall_id"].startswith(v["city"] + "-") and v["district"].startswith(v["city"] + "-")
+    per_district = Counter(district_of.values())
+    assert len(city_of) >= 32 and max(per_district.values()) <= 3
+    assert "urumqi-nanhudong" in city_of and district_of["urumqi-nanhudong"] == "urumqi-xinshi"
+
+
+def test_handheld_share_rises_from_10_to_30_percent(big):
+    months = _by_month(big, "hall.visit_completed")
+    share = {m: sum(v["served_at"] == "handheld" for v in vs) / len(vs)
+             for m, vs in months.items() if len(vs) > 500}
+    assert 0.07 < share["2025-01"] < 0.13 and 0.26 < share["2025-03"] < 0.34
+    assert share["2025-01"] < share["2025-02"] < share["2025-03"]
+
+
+def test_on_site_resolution_is_97_5_to_98_percent(big):
+    shifts = [e for e in big if e["event_type"] == "supervision.onsite_shift"]
+    received = sum(s["customers_received"] for s in shifts)
+    rate = (received - sum(s["unresolved"] for s in shifts)) / received
+    assert received > 1000 and 0.970 <= rate <= 0.985
+    assert not any(local_month(s) == "2025-01" for s in shifts)  # on-site reception from month 2
+
+
+def test_waiting_time_satisfaction_moves_from_92_3_to_96_6(big):
+    months = _by_month(big, "hall.survey_responded")
+    waiting = {m: 10 * statistics.mean(r["waiting"] for r in rs if r.get("waiting"))
+               for m, rs in months.items() if len(rs) > 500}
+    assert abs(waiting["2025-01"] - 92.3) < 1.5 and abs(waiting["2025-03"] - 96.6) < 1.5
+
+
+def test_some_halls_stay_below_96_for_three_months_on_enough_replies(big):
+    from processors.halls import reply_score
+
+    scores = defaultdict(list)
+    for r in big:
+        if r["event_type"] == "hall.survey_responded" and r["valid"]:
+            scores[(r["hall_id"], local_month(r))].append(reply_score(r, 10))
+    below = [h for h in {h for h, _ in scores}
+             if all(len(scores[(h, m)]) >= 30 and statistics.mean(scores[(h, m)]) < 96
+                    for m in ("2025-01", "2025-02", "2025-03"))]
+    on_target = [h for h in {h for h, _ in scores}
+                 if len(scores[(h, "2025-03")]) >= 30 and statistics.mean(scores[(h, "2025-03")]) >= 96]
+    assert len(below) >= 2 and len(on_target) > 2 * len(below)
+    invalid = [r for r in big if r["event_type"] == "hall.survey_responded" and not r["valid"]]
+    assert invalid and all(all(r.get(i) is None for i in ("overall", "waiting")) for r in invalid)
+
+
+def test_feedback_and_incidents(big):
+    steps = defaultdict(dict)
+    for e in big:
+        if e["event_type"].startswith("feedback."):
+            steps[e["feedback_id"]][e["event_type"]] = when(e)
+    received = [s for s in steps.values() if "feedback.received" in s]
+    on_time = [s for s in received if "feedback.result_reported" in s and
+               s["feedback.result_reported"] - s["feedback.received"] <= timedelta(hours=72)]
+    assert len(received) > 100 and 0.85 < len(on_time) / len(received) < 0.99
+    detected = {e["incident_id"]: e for e in big if e["event_type"] == "incident.detected"}
+    resolved = {e["incident_id"]: e for e in big if e["event_type"] == "incident.resolved"}
+    assert detected and set(resolved) <= set(detected)
+    for incident_id, r in resolved.items():
+        assert when(r) > when(detected[incident_id]) and r["cities"] == detected[incident_id]["cities"]

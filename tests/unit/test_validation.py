@@ -12,7 +12,9 @@ from schemas.validation import (CODE_FIELDS, EARLIEST_OCCURRED_AT_MS, MAX_AHEAD_
                                 EventValidationError, normalize_event, parse_occurred_at,
                                 string_limit)
 
-from tests.unit.events import billing, contact, envelope, survey
+from tests.unit.events import (OPERATIONAL, billing, contact, envelope, exam, feedback,
+                               hall_survey, hall_visit, incident, onsite_shift, spot_check,
+                               survey)
 
 
 def reject(event, field, match):
@@ -124,6 +126,12 @@ def test_intent_defaults_to_none():
 
 VALID = {
     "contact.completed": contact, "survey.responded": survey, "billing.period_closed": billing,
+    "hall.visit_completed": hall_visit, "hall.survey_responded": hall_survey,
+    "supervision.onsite_shift": onsite_shift, "quality.spot_check_recorded": spot_check,
+    "staff.exam_scored": exam,
+    "feedback.received": feedback, "feedback.handled": lambda: feedback("feedback.handled"),
+    "feedback.result_reported": lambda: feedback("feedback.result_reported"),
+    "incident.detected": incident, "incident.resolved": lambda: incident("incident.resolved"),
 }
 EXTRA = {  # the other interaction types' own fields
     "complaint.filed": {"complaint_id": "cp-1", "category": "network", "severity": "normal"},
@@ -351,3 +359,56 @@ def test_errors_quote_at_most_a_bounded_part_of_the_value():
 def test_describe_escapes_an_odd_event_id():
     err = reject(contact(event_id="\x1b[2Jevil"), "event_id", "must be a UUID")
     assert "\x1b" not in err.describe() and "\\x1b[2Jevil" in err.describe()
+
+
+# -- service halls, feedback, incidents and quality control ------------------------------------
+
+def test_operational_events_have_no_customer_and_are_keyed_by_their_own_id():
+    from schemas.validation import ledger_refusal, partition_key
+
+    keys = {"supervision.onsite_shift": "urumqi-nanhudong", "quality.spot_check_recorded":
+            "urumqi-beijinglu", "staff.exam_scored": "AL002010", "incident.detected": "inc-1",
+            "incident.resolved": "inc-1"}
+    for event_type in OPERATIONAL:
+        record = normalize_event(valid_event(event_type))
+        assert "customer_id" not in record, event_type
+        assert partition_key(record) == keys[event_type]
+        assert ledger_refusal(record, keys[event_type].encode()) is None
+        assert "is not the event's" in ledger_refusal(record, b"c-000042")
+        reject(valid_event(event_type) | {"customer_id": "c-1"}, "customer_id",
+               "operational event and has no customer")
+        assert "customer_id" not in normalize_event(valid_event(event_type) | {"customer_id": None})
+    record = normalize_event(hall_visit())
+    assert partition_key(record) == "c-000042"  # the hall's customer events stay by customer
+
+
+def test_hall_and_quality_rules_name_the_field():
+    reject(hall_survey(waiting=0), "waiting", "between 1 and 10")
+    reject(hall_survey(overall=None, environment=None, waiting=None, handling=None,
+                       staff_attitude=None), "valid", "at least one item")
+    assert normalize_event(hall_survey(overall=None, environment=None, waiting=None,
+                                       handling=None, staff_attitude=None, valid=False))
+    reject(hall_visit(served_at="window"), "served_at", "counter, handheld, self_service")
+    reject(hall_visit(wait_seconds=-3), "wait_seconds", "between 0 and")
+    reject(onsite_shift(unresolved=13, customers_received=12), "unresolved",
+           "at most customers_received")
+    reject(spot_check(passed=21, sampled=20), "passed", "at most sampled")
+    reject(spot_check(score=100.5), "score", "between 0 and 100")
+    reject(spot_check(unit_type="shop"), "unit_type", "district, hall, agent")
+    event = exam()
+    del event["agent_id"]
+    reject(event, "agent_id", "missing")
+    reject(incident(cities=[]), "cities", "at least one")
+    reject(incident(cities="urumqi"), "cities", "list of strings")
+    reject(incident(level=0), "level", "between 1 and 3")
+    reject(feedback(feedback_id=""), "feedback_id", "missing")
+
+
+def test_operational_and_hall_events_round_trip_through_the_wire_codec():
+    from schemas.codec import WireCodec
+
+    codec = WireCodec()
+    for event_type in list(OPERATIONAL) + ["hall.visit_completed", "hall.survey_responded",
+                                           "feedback.received"]:
+        record = normalize_event(valid_event(event_type))
+        assert codec.decode(codec.encode(record))[0] == record
