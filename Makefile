@@ -24,8 +24,11 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
+# make bench [BENCH_EVENTS=N] [BENCH_ARGS='--quick --profile DIR ...']: one JSON document on
+# stdout, also written to benchmarks/results/<UTC timestamp>.json; progress on stderr.
 bench: $(STAMP)
-	@$(PY) -m benchmarks
+	@$(PY) -m benchmarks $(if $(BENCH_EVENTS),--events $(BENCH_EVENTS)) $(BENCH_ARGS) \
+		--command "make bench$(if $(BENCH_EVENTS), BENCH_EVENTS=$(BENCH_EVENTS))$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')"
 
 # make reliability [RELIABILITY_ARGS='--quick']: faults, hostile input, chaos (kills while
 # traffic flows) and a 10-minute soak at 5,000 events/s; one JSON summary on stdout.

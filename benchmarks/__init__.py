@@ -1,1 +1,3 @@
-"""Benchmarks: ``make bench`` (``python -m benchmarks``) prints the figures as JSON."""
+"""Benchmarks: ``make bench`` / ``cxledger bench`` / ``python -m benchmarks`` measure every
+stage of the pipeline beside its limit in one run and print one JSON document
+(``benchmarks.harness``); results accumulate in ``benchmarks/results/``."""

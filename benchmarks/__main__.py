@@ -1,62 +1,97 @@
-"""``python -m benchmarks [--quick] [--only NAME ...]``: measure and print JSON.
+"""``python -m benchmarks [--events N] [--quick]`` (``make bench``, ``cxledger bench``).
 
-Each figure is the median of several runs in this process; these machines are noisy, so
-compare ratios taken in one run (e.g. two workers vs one) rather than absolute numbers
-across runs.
+Prints one JSON document on stdout and writes the same to ``benchmarks/results/<UTC
+timestamp>.json``; progress goes to stderr. See ``benchmarks.harness`` for what is measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
+import os
+import shlex
 import sys
-import time
-from datetime import datetime, timezone
+from pathlib import Path
 
-from benchmarks import components, pipeline
-
-SUITES = {
-    "codec": components.codec,
-    "validation": components.validation,
-    "folds": components.folds,
-    "clickhouse_insert": components.clickhouse_insert,
-    "workers": pipeline.workers,
-}
+from benchmarks.harness import PHASES, Bench, Options, write_result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("--quick", action="store_true", help="smaller inputs, fewer repeats")
-    parser.add_argument("--only", nargs="*", choices=sorted(SUITES), help="run only these")
-    args = parser.parse_args(argv)
-    results = {}
-    for name, suite in SUITES.items():
-        if args.only and name not in args.only:
-            continue
-        print(f"benchmark {name} ...", file=sys.stderr, flush=True)
-        started = time.monotonic()
-        results[name] = suite(quick=args.quick)
-        results[name]["seconds"] = round(time.monotonic() - started, 1)
-    report = {
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cpus": _cpus()},
-        "note": "medians of repeated runs; compare ratios within one report",
-        "results": results,
-    }
-    print(json.dumps(report, indent=2))
-    return 0
+def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return parser
 
 
-def _cpus() -> int:
-    import os
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=int, help="simulated events (default 1,000,000; "
+                        "100,000 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="100,000 events, 20 s of "
+                        "freshness traffic, 5 runs per dashboard query (about 5 minutes)")
+    parser.add_argument("--freshness-seconds", type=float, help="seconds of steady traffic "
+                        "for freshness (default 60; 20 with --quick)")
+    parser.add_argument("--freshness-rate", type=float, help="events/s for freshness "
+                        "(default 5000)")
+    parser.add_argument("--freshness-floor-seconds", type=float, help="seconds of 1,000 "
+                        "events/s first, for the latency without a backlog (default 20; 10 "
+                        "with --quick; 0: none)")
+    parser.add_argument("--dashboard-runs", type=int, help="runs per dashboard query "
+                        "(default 10; 5 with --quick)")
+    parser.add_argument("--skip", default="", metavar="PHASE,...",
+                        help="phases to leave out: " + ", ".join(PHASES))
+    parser.add_argument("--profile", metavar="DIR", help="sample the producer, the ledger sink, "
+                        "the worker, the faust ceiling and the peer with py-spy into DIR "
+                        "(figures of a profiled run are marked so)")
+    parser.add_argument("--no-save", action="store_true",
+                        help="do not write benchmarks/results/<timestamp>.json")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary store, broker "
+                        "log and worker logs")
+    parser.add_argument("--command", help=argparse.SUPPRESS)  # how it was run, for the record
 
-    return len(os.sched_getaffinity(0))
+
+def run(args: argparse.Namespace, command: str) -> int:
+    skip = tuple(s.strip() for s in args.skip.split(",") if s.strip())
+    unknown = set(skip) - set(PHASES)
+    if unknown:
+        print(f"unknown phase(s) to skip: {', '.join(sorted(unknown))}; known: "
+              f"{', '.join(PHASES)}", file=sys.stderr)
+        return 2
+    if args.events is not None and args.events < 1:
+        print("--events must be at least 1", file=sys.stderr)
+        return 2
+    options = Options.make(args.events, args.quick, skip=skip,
+                           freshness_seconds=args.freshness_seconds,
+                           freshness_rate=args.freshness_rate,
+                           freshness_floor_seconds=args.freshness_floor_seconds,
+                           dashboard_runs=args.dashboard_runs,
+                           profile=Path(args.profile).resolve() if args.profile else None,
+                           keep=args.keep, command=args.command or command)
+    if args.no_save:
+        options.results_dir = None
+    # Only the document goes to stdout: anything else that writes to file descriptor 1 (the
+    # embedded engine, librdkafka, children) is sent to stderr for the run.
+    document_out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(sys.stderr.fileno(), 1)
+    try:
+        doc = Bench(options).execute()
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+    if options.results_dir is not None:
+        path = write_result(doc, options.results_dir)
+        print(f"written to {path}", file=sys.stderr)
+    document_out.write(json.dumps(doc, indent=2) + "\n")
+    document_out.flush()
+    return 1 if doc["errors"] else 0
 
 
-def median_rate(runs: list[tuple[int, float]]) -> float:
-    return round(statistics.median(n / s for n, s in runs))
+def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(prog).parse_args(argv)
+    return run(args, shlex.join([*prog.split(), *argv]))
 
 
 if __name__ == "__main__":
