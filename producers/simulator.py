@@ -174,6 +174,9 @@ _SECOND, _MINUTE, _HOUR, _DAY = 1000, 60_000, 3_600_000, 86_400_000
 _EPOCH = datetime(1970, 1, 1)
 
 # Queue item kinds.
+# Live mode: the share of primary arrivals on the service-hall side (visits, feedback, shifts,
+# spot checks); with the SMS replies and feedback steps that follow, about a tenth of events.
+_LIVE_HALL_SHARE = 0.06
 _EMIT, _CONTACT, _MONTH, _SLICE, _LIVE_PRIMARY, _HALL_VISIT = 0, 1, 2, 3, 4, 5
 
 
@@ -359,7 +362,9 @@ class _Engine:
                       for k in range(len(self.bounds))]
             self.growth = growth
         self.contact_rate = self.rate_max = 0.0  # per ms; set by start_batch
-        self.halls = [] if self.live else _halls(cfg.seed, self.cities, pop)
+        if self.live:
+            self.last_month = 0  # live is "now": the halls as in the last month of a span
+        self.halls = _halls(cfg.seed, self.cities, pop)
         self.city_halls: dict[int, list[_Hall]] = {}
         for h in self.halls:
             self.city_halls.setdefault(h.city, []).append(h)
@@ -497,7 +502,9 @@ class _Engine:
         rng, pop = self.rng, self.pop
         r = rng.random()
         i = self.pick_customer()
-        if r < 0.955:
+        if r < _LIVE_HALL_SHARE:  # service halls: a visit (its SMS reply later), feedback, ...
+            self.live_hall_activity(t, i, r / _LIVE_HALL_SHARE)
+        elif r < 0.955:
             self.contact(t, i)
         elif r < 0.995:
             # The previous month's billing run, customer by customer (once each).
@@ -516,6 +523,21 @@ class _Engine:
             self.account_request(t, i, port_out=False)
         else:
             self.tier_decision(t, i)
+
+    def live_hall_activity(self, t: int, i: int, r: float) -> None:
+        """Live mode's share of the service-hall side (``r`` uniform in [0, 1)): mostly visits,
+        some feedback, and now and then a supervisor's shift or a spot check of a hall."""
+        if r < 0.84:
+            self.on_hall_visit(t, i)
+        elif r < 0.97:
+            self.feedback(t, i)
+        else:
+            h = self.halls[int(self.rng.random() * len(self.halls))]
+            city = self.cities[h.city].code
+            if r < 0.99:
+                self.onsite_shift(t, h, city)
+            else:
+                self.spot_check(t, "hall", h.hall_id, city, h.skill)
 
     # -- contacts ------------------------------------------------------------------------
     def operational(self, event_type: str, city: str, channel: str,
@@ -894,7 +916,8 @@ class _Engine:
         d["resolved_on_site"] = rnd() < _RESOLVED_ON_SITE
         d["greeted"] = rnd() < 0.92 + 0.06 * p
         d["need_asked"] = rnd() < 0.82 + 0.13 * p
-        done = t + (wait + d["handling_seconds"]) * _SECOND
+        # a batch draws arrivals; live draws completions (a visit ends now, it began earlier)
+        done = t if self.live else t + (wait + d["handling_seconds"]) * _SECOND
         self.emit(done, d)
         if rnd() < _SMS_REPLY:
             reply_at = done + int(10 * _MINUTE + rnd() * 6 * _HOUR)

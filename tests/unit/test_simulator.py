@@ -11,6 +11,7 @@ import pytest
 
 from producers.simulator import CITIES, INTERACTION_TYPES, OPERATIONAL_TYPES, \
     SimulationConfig, simulate, simulate_live
+from schemas.validation import normalize_event
 
 CHANNELS = {"phone", "ivr", "online_chat", "email", "app", "wechat", "weibo", "sms", "web",
             "service_hall", "field_visit", "social_media", "ai_assistant"}
@@ -470,3 +471,19 @@ def test_feedback_and_incidents(big):
     assert detected and set(resolved) <= set(detected)
     for incident_id, r in resolved.items():
         assert when(r) > when(detected[incident_id]) and r["cities"] == detected[incident_id]["cities"]
+
+
+def test_live_traffic_includes_the_service_halls():
+    """Live mode has the hall side too: visits completing now (at the last month's handheld
+    share, 30%), feedback, supervisors' shifts and spot checks; every event validates."""
+    start = 1_741_075_200.0
+    events = list(simulate_live(500, 600, seed=7, now=lambda: start))
+    kinds = Counter(e["event_type"] for e in events)
+    visits = [e for e in events if e["event_type"] == "hall.visit_completed"]
+    assert 0.02 < len(visits) / len(events) < 0.10
+    assert kinds["feedback.received"] > 0 and kinds["supervision.onsite_shift"] > 0
+    assert kinds["quality.spot_check_recorded"] > 0
+    handheld = sum(v["served_at"] == "handheld" for v in visits) / len(visits)
+    assert 0.25 < handheld < 0.35
+    for e in events:
+        normalize_event(e, now_ms=int((start + 700) * 1000))
