@@ -88,6 +88,38 @@ class Publisher(threading.Thread):
                 time.sleep(1.0)
 
 
+KILLS_PER_SLOT_MINUTE = 3
+
+
+class KillBudget:
+    """SIGKILLs of workers, at most KILLS_PER_SLOT_MINUTE per worker slot in any 60 s. A slot
+    is a worker's command line, which ``up`` reuses when it starts the worker again."""
+
+    def __init__(self) -> None:
+        self.kills: dict[str, list[float]] = {}
+
+    def _recent(self, pid: int) -> list[float]:
+        now = time.monotonic()
+        times = [t for t in self.kills.get(cmdline(pid), []) if now - t < 60]
+        self.kills[cmdline(pid)] = times
+        return times
+
+    def wait_for(self, pids: list[int], needed: int, timeout: float = 90) -> list[int]:
+        """Wait until ``needed`` of ``pids`` may be killed now; returns those that may."""
+        deadline = time.monotonic() + timeout
+        while True:
+            allowed = [p for p in pids if len(self._recent(p)) < KILLS_PER_SLOT_MINUTE]
+            if len(allowed) >= needed:
+                return allowed
+            assert time.monotonic() < deadline, "no worker could be killed within budget"
+            time.sleep(0.5)
+
+    def kill(self, pid: int) -> None:
+        slot = cmdline(pid)
+        os.kill(pid, signal.SIGKILL)
+        self.kills.setdefault(slot, []).append(time.monotonic())
+
+
 def plan_kills(rng: random.Random, kills: int) -> list[str]:
     """At least one of each kind; a rebalance kill counts as two kills."""
     plan = ["worker", "rebalance", "stack"]
@@ -115,7 +147,13 @@ def run_chaos(work: Path, events: list[dict], *, seed: int, kills: int = 5,
     try:
         up.wait_ready()
         plan = plan_kills(rng, kills)
-        pause = max(0.2, 3.5 * len(plan) / max(1, len(events) / 250))  # traffic outlasts the kills
+        # ``up`` gives up on a worker restarted 5 times within a minute (a crash loop), so no
+        # worker slot is killed more than KILLS_PER_SLOT_MINUTE times a minute: many kills
+        # take longer, and the traffic is paced to outlast them.
+        per_kill = 3.5 if kills <= KILLS_PER_SLOT_MINUTE * workers else 62 / (
+            KILLS_PER_SLOT_MINUTE * workers) + 1
+        pause = max(0.2, per_kill * len(plan) / max(1, len(events) / 250))
+        budget = KillBudget()
         publisher = Publisher(up.store, events, pause=pause)
         publisher.start()
         done: list[dict] = []
@@ -131,13 +169,13 @@ def run_chaos(work: Path, events: list[dict], *, seed: int, kills: int = 5,
                 done.append({"at_s": at, "what": "stack (sinks, broker, workers, gateway)"})
                 continue
             pids = _wait_for_workers(up.proc.pid, workers)
-            victim = rng.choice(pids)
-            os.kill(victim, signal.SIGKILL)
+            victim = rng.choice(budget.wait_for(pids, 2 if kind == "rebalance" else 1))
+            budget.kill(victim)
             done.append({"at_s": at, "what": "worker"})
             if kind == "rebalance":  # the other worker, while the group takes the restarted one in
                 _wait_for_workers(up.proc.pid, workers, without=victim)
                 survivor = next(p for p in pids if p != victim)
-                os.kill(survivor, signal.SIGKILL)
+                budget.kill(survivor)
                 done.append({"at_s": round(time.monotonic() - started, 1),
                              "what": "worker during a rebalance"})
         publisher.done.wait(timeout=900)
