@@ -48,8 +48,12 @@ SAMPLE = 200_000        # events of the run used for the codec and ClickHouse li
 FOLD_BATCH = 10_000     # the worker's take_events batch size
 SEED = 9
 
-PHASES = ("limits", "producer", "ledger_sink", "processors_1", "processors_2", "faust_null",
+PHASES = ("limits", "producer", "gateway", "ledger_sink", "processors_1", "processors_2", "faust_null",
           "peer", "replay", "dashboards", "freshness")
+
+GATEWAY_EVENTS = 50_000  # events posted to the gateway (at most the run's N)
+GATEWAY_BATCH = 500
+GATEWAY_CLIENTS = 4
 
 # the targets on a 2-core machine: (key, "min" | "max", value, note)
 TARGETS: list[tuple[str, str, float, str]] = [
@@ -462,6 +466,78 @@ class Bench:
 
         gc.collect()
 
+    # -- the HTTP ingest gateway ------------------------------------------------------------
+    def phase_gateway(self) -> None:
+        """gateway_eps: ``cxledger gateway`` (one uvicorn process) taking NDJSON batches of
+        GATEWAY_BATCH events on ``/v1/events:batch`` from GATEWAY_CLIENTS concurrent clients;
+        each 2xx comes after Kafka acknowledged the batch (the gateway's contract). The events
+        are GATEWAY_EVENTS simulated ones (another seed) into a ledger topic of their own, so
+        that the later phases still read the run's N events."""
+        import dataclasses
+        import urllib.request
+        from concurrent.futures import ThreadPoolExecutor
+
+        from cxledger.localstack import free_port
+        from cxledger.topics import create_topics
+        from producers.api_keys import new_api_key
+        from producers.simulator import simulate
+
+        key, entry = new_api_key("bench", rate=1e9, burst=10**9)
+        topics = dataclasses.replace(self.topics("gateway"), ledger="bench.gateway.ledger")
+        settings = self.base.with_(topics=topics, gateway_keys=(entry,))
+        create_topics(settings)
+        events = list(simulate(min(GATEWAY_EVENTS, self.o.events), seed=SEED + 1))
+        bodies = ["".join(json.dumps(e, ensure_ascii=False) + "\n"
+                          for e in events[i:i + GATEWAY_BATCH]).encode()
+                  for i in range(0, len(events), GATEWAY_BATCH)]
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = self.workdir / "gateway.log"
+        proc = spawn(python_module("cxledger.cli", "--config",
+                                   str(self._config(settings, "gateway")), "--log-format",
+                                   "json", "gateway", "--port", str(port)), log)
+
+        def post(body: bytes) -> int:
+            request = urllib.request.Request(
+                f"{url}/v1/events:batch", data=body, method="POST",
+                headers={"Authorization": f"Bearer {key}",
+                         "Content-Type": "application/x-ndjson"})
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return sum(1 for r in json.loads(response.read())["results"]
+                           if r["status"] == "accepted")
+
+        try:
+            deadline = time.monotonic() + 60
+            while True:  # ready: Kafka answers
+                if proc.poll() is not None:
+                    raise BenchError(f"the gateway exited with code {proc.returncode}:\n"
+                                     f"{tail(log)}")
+                try:
+                    with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the gateway was not ready within 60s:\n{tail(log)}")
+                time.sleep(0.2)
+            post(bodies[0])  # warm: the first request opens the producer's connections
+            started = time.perf_counter()
+            with ThreadPoolExecutor(GATEWAY_CLIENTS) as pool:
+                accepted = sum(pool.map(post, bodies))
+            seconds = time.perf_counter() - started
+            self.run.rss["gateway"] = peak_rss_mb(proc.pid)
+        finally:
+            stop(proc, timeout=30)
+        sent = len(events)
+        if accepted != sent:
+            raise BenchError(f"the gateway accepted {accepted} of {sent} events")
+        self.run.figures["gateway_eps"] = round(sent / seconds)
+        self.run.details["gateway"] = {"events": sent, "batch": GATEWAY_BATCH,
+                                       "clients": GATEWAY_CLIENTS,
+                                       "seconds": round(seconds, 2)}
+        self.say(f"  gateway {sent / seconds:,.0f} events/s in batches of {GATEWAY_BATCH}")
+
     # -- ledger sink ----------------------------------------------------------------------
     def phase_ledger_sink(self) -> None:
         """ledger_sink_eps: the real ledger sink (``sinks.ledger_sink.ledger_sink``: decode,
@@ -728,7 +804,8 @@ class Bench:
         f = r.figures
         keys = ("producer_eps", "ledger_sink_eps", "processor_eps_per_worker",
                 "processor_eps_two_workers", "faust_ceiling_eps", "peer_librdkafka_eps",
-                "freshness_p50_s", "freshness_p99_s", "replay_eps", "dashboard_p95_ms_max")
+                "freshness_p50_s", "freshness_p99_s", "replay_eps", "dashboard_p95_ms_max",
+                "gateway_eps")
         doc: dict[str, Any] = {k: f.get(k) for k in keys}
         doc["dashboard_slowest_panel"] = f.get("dashboard_slowest_panel")
         limit_keys = ("kafka_produce_eps", "kafka_consume_eps", "avro_encode_eps",

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 KEYS = ("producer_eps", "ledger_sink_eps", "processor_eps_per_worker",
         "processor_eps_two_workers", "faust_ceiling_eps", "peer_librdkafka_eps",
-        "freshness_p50_s", "freshness_p99_s", "replay_eps", "dashboard_p95_ms_max")
+        "freshness_p50_s", "freshness_p99_s", "replay_eps", "dashboard_p95_ms_max",
+        "gateway_eps")
 LIMITS = ("kafka_produce_eps", "kafka_consume_eps", "avro_encode_eps", "avro_decode_eps",
           "clickhouse_insert_rows_per_s")
 
@@ -41,7 +42,7 @@ def test_a_tiny_run_emits_every_key(tmp_path):
     assert doc["dashboard_slowest_panel"]
     assert all(v is not None for v in doc["ratios"].values()), doc["ratios"]
     rss = doc["peak_rss_mb"]
-    assert {"benchmark", "broker", "workers_1", "workers_2", "faust_null", "peer",
+    assert {"benchmark", "broker", "workers_1", "workers_2", "faust_null", "peer", "gateway",
             "up_stack"} <= set(rss)
     assert len(rss["workers_2"]) == 2
     machine = doc["machine"]
