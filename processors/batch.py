@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from processors.halls import HallMonths, markers
 from processors.ledger import PartitionFold
@@ -19,9 +19,19 @@ from processors.rules import Rules
 PARTITION_STATE_KEY = ""  # customer ids are non-empty, so "" names the partition's own state
 
 
+# Window rows are records of their own: "<partition>/" WINDOW_KEY_PREFIX <key as JSON>. Ids are
+# printable, so a control character cannot begin a customer id.
+WINDOW_KEY_PREFIX = "\x1fwindow"
+
+
 def state_key(partition: int, customer_id: str) -> str:
     """Table key of a customer's (or, with "", the partition's) state: "<partition>/<id>"."""
     return f"{partition}/{customer_id}"
+
+
+def window_state_key(partition: int, key: Sequence) -> str:
+    """Changelog key of one window row of a partition (see WINDOW_KEY_PREFIX)."""
+    return state_key(partition, WINDOW_KEY_PREFIX + json.dumps(list(key), separators=(",", ":")))
 
 
 def partition_of_key(key: str) -> int:
@@ -74,6 +84,7 @@ class PartitionFolds:
         """Rebuild a partition's fold from persisted (key, state) entries of that partition."""
         fold = self.folds[partition] = PartitionFold(self.rules, partition)
         partition_state = None
+        window_rows = []
         for key, value in entries:
             customer_id = key.split("/", 1)[1]
             plain = decode_state(value)
@@ -81,10 +92,13 @@ class PartitionFolds:
                 continue  # a customer the fold forgot
             if customer_id == PARTITION_STATE_KEY:
                 partition_state = plain
+            elif customer_id.startswith(WINDOW_KEY_PREFIX):
+                window_rows.append((json.loads(customer_id[len(WINDOW_KEY_PREFIX):]),
+                                    plain["window"]))
             else:
                 fold.load_customer(customer_id, plain)
         if partition_state is not None:
-            fold.restore_partition(partition_state)
+            fold.restore_partition(partition_state, window_rows)
         fold.clear_dirty()
         return fold
 
@@ -121,7 +135,11 @@ class PartitionFolds:
                 plain = fold.customer_state(customer_id)
                 out.append((state_key(partition, customer_id),
                             None if plain is None else encode_state(plain)))
+            changed, forgotten = fold.window_changes()
+            out += [(window_state_key(partition, key), encode_state({"window": row}))
+                    for key, row in changed]
+            out += [(window_state_key(partition, key), None) for key in forgotten]
             out.append((state_key(partition, PARTITION_STATE_KEY),
-                        encode_state(fold.snapshot_partition())))
+                        encode_state(fold.snapshot_partition(window_rows=False))))
             fold.clear_dirty()
         return out

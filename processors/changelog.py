@@ -7,7 +7,11 @@ workers themselves.
 ledger offset after the last message folded), on the changelog partition of the ledger
 partition, value the state as JSON. Every customer record carries ``pos``, the partition
 position of the batch that wrote it; a customer the fold forgot is a record
-``{"forgotten": true}``.
+``{"forgotten": true}``. Each open satisfaction window row is a record of its own,
+``"<partition>/\x1fwindow[...key]"`` (``processors.batch.window_state_key``; the partition
+record would otherwise grow with every open window, past what a Kafka message may hold),
+written when it changed, with ``pos`` like a customer; a row closed for good is deleted (a
+tombstone) one batch after a partition record whose clock closed it.
 
 Per batch a worker writes the changed customers first and the partition record last, each
 batch only after its derived events were acknowledged. A worker killed in the middle leaves a
@@ -35,7 +39,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cxledger.config import Settings
-from processors.batch import PARTITION_STATE_KEY, PartitionFolds, encode_state, state_key
+from processors.batch import (PARTITION_STATE_KEY, PartitionFolds, encode_state, state_key,
+                              window_state_key)
 
 log = structlog.get_logger("cxledger.processors")
 
@@ -94,9 +99,14 @@ def seed_state(settings: Settings, folds: PartitionFolds, timeout: float = 60.0)
             send(partition, state_key(partition, customer_id),
                  encode_state({**fold.customer_state(customer_id), "pos": 0}))
             written += 1
+        windows = fold.windows
+        for key, row in windows.rows.items():
+            send(partition, window_state_key(partition, key),
+                 encode_state({"window": windows.row_plain(row), "pos": 0}))
+            written += 1
     _settle(producer, failures, timeout, topic)
     for partition, fold in folds.folds.items():  # last, one record per batch (see above)
-        snapshot = fold.snapshot_partition()
+        snapshot = fold.snapshot_partition(window_rows=False)
         snapshot["position"] = 0  # the state holds the store's ledger; the broker's is empty
         send(partition, state_key(partition, PARTITION_STATE_KEY), encode_state(snapshot))
         written += 1
@@ -129,8 +139,12 @@ def state_records(folds: PartitionFolds, partitions: Iterable[int]
             plain = {"forgotten": True} if plain is None else plain
             out.append((partition, state_key(partition, customer_id),
                         encode_state({**plain, "pos": pos})))
+        changed, forgotten = fold.window_changes()
+        out += [(partition, window_state_key(partition, key),
+                 encode_state({"window": row, "pos": pos})) for key, row in changed]
+        out += [(partition, window_state_key(partition, key), None) for key in forgotten]
         out.append((partition, state_key(partition, PARTITION_STATE_KEY),
-                    encode_state(fold.snapshot_partition())))
+                    encode_state(fold.snapshot_partition(window_rows=False))))
         fold.clear_dirty()
     return out
 
@@ -144,8 +158,7 @@ def read_state(settings: Settings, partition: int, idle_s: float = 0.5,
         "group.id": f"{settings.topics.processors_app}-state-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False, "auto.offset.reset": "earliest",
         "enable.partition.eof": True}))
-    versions: dict[str, list[tuple[int, bytes]]] = {}
-    partition_record: tuple[int, bytes] | None = None
+    records: list[tuple[str, bytes | None]] = []
     try:
         tp = TopicPartition(topic, partition, 0)
         _, reported_end = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
@@ -160,12 +173,7 @@ def read_state(settings: Settings, partition: int, idle_s: float = 0.5,
                     at_eof = at_eof or error.code() == KafkaError._PARTITION_EOF
                     continue
                 last_seen, quiet_since = msg.offset(), time.monotonic()
-                key = msg.key().decode()
-                if key.endswith("/"):
-                    partition_record = (msg.offset(), msg.value())
-                elif msg.value() is not None:
-                    versions.setdefault(key, []).append(
-                        (json.loads(msg.value()).get("pos", 0), msg.value()))
+                records.append((msg.key().decode(), msg.value()))
             done_reading = last_seen >= reported_end - 1 or reported_end == 0
             if (done_reading or at_eof) and time.monotonic() - quiet_since >= idle_s:
                 break
@@ -174,10 +182,27 @@ def read_state(settings: Settings, partition: int, idle_s: float = 0.5,
                                    f"{timeout:.0f}s")
     finally:
         consumer.close()
+    return consistent_state(partition, records)
+
+
+def consistent_state(partition: int, records: Iterable[tuple[str, bytes | None]]
+                     ) -> list[tuple[str, bytes]]:
+    """From a partition's changelog records (key, value) in log order: the partition record
+    last written and, for every other key, its last record with ``pos`` at most that record's
+    position, unless the key was deleted (value None) or forgotten (module docstring)."""
+    versions: dict[str, list[tuple[int, bytes]]] = {}
+    partition_record: bytes | None = None
+    for key, value in records:
+        if key.endswith("/"):
+            partition_record = value
+        elif value is None:  # deleted (a window row closed for good)
+            versions.pop(key, None)
+        else:
+            versions.setdefault(key, []).append((json.loads(value).get("pos", 0), value))
     if partition_record is None:
         return []
-    position = json.loads(partition_record[1]).get("position")
-    entries = [(state_key(partition, PARTITION_STATE_KEY), partition_record[1])]
+    position = json.loads(partition_record).get("position")
+    entries = [(state_key(partition, PARTITION_STATE_KEY), partition_record)]
     for key, history in versions.items():
         usable = [value for pos, value in history if position is None or pos <= position]
         if usable and not json.loads(usable[-1]).get("forgotten"):

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 from processors import churn, complaints, feedback, satisfaction, tiers
 from processors.complaints import SLA_RANK, SLAS
@@ -110,6 +110,7 @@ class PartitionFold:
         self._deadlines: list[tuple[int, str, str, int, int]] = []
         self._feedback_deadlines: list[tuple[int, str, str, int]] = []
         self._dirty: set[str] = set()
+        self._forget_next: list[tuple] = []  # window rows to delete from the changelog next
         self._complaints_touched: set[tuple[str, str]] = set()  # since the last drain
         self._pruned_undrained: list[dict] = []  # final states of complaints pruned before a drain
         cr = self.rules.churn
@@ -468,6 +469,16 @@ class PartitionFold:
             heapq.heappush(self._deadlines,
                            (deadline, customer_id, complaint_id, SLA_RANK[sla], cycle))
 
+    def window_changes(self) -> tuple[list[tuple[tuple, list]], list[tuple]]:
+        """For a changelog that keeps each window row as a record of its own: (key, row) of
+        the rows changed since the last call, and the keys of rows to delete. A row closed for
+        good is deleted one call late, after a partition record whose clock had closed it has
+        been written: a batch cut short can then never lose a row that the last complete
+        partition record still needs."""
+        changed, forgotten = self.windows.take_changes()
+        late, self._forget_next = self._forget_next, forgotten
+        return changed, late
+
     def dirty_customers(self) -> set[str]:
         """Customers whose state changed since the last :meth:`clear_dirty`."""
         return set(self._dirty)
@@ -475,27 +486,31 @@ class PartitionFold:
     def clear_dirty(self) -> None:
         self._dirty = set()
 
-    def snapshot_partition(self) -> dict:
-        """The partition-level state as plain data: clock, window partials, the complaints
-        not yet drained, counters."""
+    def snapshot_partition(self, window_rows: bool = True) -> dict:
+        """The partition-level state as plain data: clock, window partials (without their
+        rows with ``window_rows=False``: see :meth:`window_changes`), the complaints not yet
+        drained, counters."""
         return {
             "format": STATE_FORMAT,
             "partition": self.partition,
             "rules_version": self.rules.version,
             "clock": self.clock,
             "position": self.position,
-            "windows": self.windows.snapshot(),
+            "windows": self.windows.snapshot(rows=window_rows),
             "halls": self.halls.snapshot(),
             "complaints_touched": sorted([list(k) for k in self._complaints_touched]),
             "ignored": dict(self.ignored),
         }
 
-    def restore_partition(self, plain: Mapping) -> None:
+    def restore_partition(self, plain: Mapping,
+                          window_rows: Iterable[tuple[Sequence, list]] = ()) -> None:
+        """From :meth:`snapshot_partition` output; ``window_rows``: (key, row) of the window
+        rows kept apart from it (:meth:`window_changes`)."""
         if plain.get("format") != STATE_FORMAT:
             raise ValueError(f"partition state format {plain.get('format')!r} is not {STATE_FORMAT}")
         self.clock = max(self.clock, plain["clock"])
         self.position = plain.get("position")  # None: a state from before positions were kept
-        self.windows.restore(plain["windows"])
+        self.windows.restore(plain["windows"], window_rows)
         self.windows.clock = self.clock
         self.halls.restore(plain.get("halls"))
         self._complaints_touched = {tuple(k) for k in plain.get("complaints_touched", ())}

@@ -104,6 +104,10 @@ class WindowAggregator:
         self.rows: dict[tuple, list] = {}
         self.late_events = 0
         self._touched: list[list] = []               # rows touched since the last drain
+        # For persistence (take_changes): rows drained since the last take, and the keys of
+        # rows forgotten (closed for good) since then.
+        self._changed: dict[tuple, list] = {}
+        self._forgotten: list[tuple] = []
         # Per window kind, (end + retention, key) in creation order: windows are created in
         # nearly ascending time, so the front expires first; a late-created row merely waits
         # behind (it is closed for events by the clock check either way).
@@ -252,15 +256,36 @@ class WindowAggregator:
             touched.sort(key=_row_key)
             version = self.rules_version
             partition = self.source_partition
+            changed = self._changed
             for row in touched:
                 row[_TOUCHED] = False
                 out.append(self._event(row, version, partition))
+                changed[row[_KEY]] = row
         clock = self.clock
         rows = self.rows
         for expiry in self._expiry.values():
             while expiry and expiry[0][0] <= clock:
-                rows.pop(expiry.popleft()[1], None)
+                key = expiry.popleft()[1]
+                if rows.pop(key, None) is not None:
+                    self._forgotten.append(key)
         return out
+
+    def take_changes(self) -> tuple[list[tuple[tuple, list]], list[tuple]]:
+        """What changed since the last call, for a changelog that keeps the rows one record
+        each (the partition record would grow with every open window): (key, row in
+        ``row_plain`` form) of the rows drained and still open, and the keys of the rows
+        forgotten."""
+        rows = self.rows
+        changed = [(key, self.row_plain(row)) for key, row in self._changed.items()
+                   if key in rows]
+        forgotten, self._changed, self._forgotten = self._forgotten, {}, []
+        return changed, forgotten
+
+    def row_plain(self, row: list) -> list:
+        """A row as plain data: [start, end, touched, values] (``snapshot`` without the key)."""
+        values = row[:_N_PARTIAL]
+        values[_BUCKETS] = row[_B0:]
+        return [row[_START], row[_END], row[_TOUCHED], values]
 
     @staticmethod
     def _event(row: list, version: str, partition: int) -> dict:
@@ -318,21 +343,22 @@ class WindowAggregator:
 
     # -- persistence --------------------------------------------------------------------------
 
-    def snapshot(self) -> dict:
-        """Plain data: rows ([key, start, end, touched, values]), late counter."""
-        rows = []
-        for key, row in self.rows.items():
-            values = row[:_N_PARTIAL]
-            values[_BUCKETS] = row[_B0:]
-            rows.append([list(key), row[_START], row[_END], row[_TOUCHED], values])
-        return {"rows": rows, "late_events": self.late_events}
+    def snapshot(self, rows: bool = True) -> dict:
+        """Plain data: rows ([key, start, end, touched, values]; none with ``rows=False``, for
+        a changelog that keeps them one record each, see ``take_changes``), late counter."""
+        out = [[list(key), *self.row_plain(row)] for key, row in self.rows.items()] if rows \
+            else []
+        return {"rows": out, "late_events": self.late_events}
 
-    def restore(self, plain: Mapping) -> None:
+    def restore(self, plain: Mapping, rows: Iterable[tuple[Sequence, list]] = ()) -> None:
+        """From ``snapshot`` output, plus ``rows``: (key, ``row_plain``) kept apart."""
         self.rows = {}
         self._touched = []
         self._slots = {}
+        self._changed, self._forgotten = {}, []
         pending = []
-        for key, start, end, touched, values in plain["rows"]:
+        kept_apart = ([key, *row] for key, row in rows)
+        for key, start, end, touched, values in [*plain["rows"], *kept_apart]:
             key = tuple(key)
             values = list(values) + [0] * (_N_PARTIAL - len(values))  # an older snapshot
             row = values + [start, end, key, touched] + list(values[_BUCKETS])
