@@ -10,7 +10,10 @@ configuration each one needs.
 * the processors' fold-state changelog (``<processors_app>-fold-state-changelog``) is what a
   restarted or rebalanced worker recovers from: compacted (the last state per key is all that
   counts), with the ledger's partition count (faust maps ledger partition p to changelog
-  partition p);
+  partition p); no record younger than an hour is compacted away
+  (``min.compaction.lag.ms``), so the older version of a key that a worker killed in the middle
+  of a batch leaves behind a newer one for is still there when it restarts
+  (processors.changelog);
 * every topic: ``min.insync.replicas`` from the replication factor (``min_insync_replicas``):
   with ``acks=all`` producers, a write needs that many replicas in sync, so one broker can be
   lost (replication factor 3 -> 2) without losing an acknowledged event.
@@ -34,6 +37,7 @@ log = structlog.get_logger("cxledger.topics")
 DAY_MS = 24 * 3600 * 1000
 DERIVED_RETENTION_MS = 7 * DAY_MS
 DEADLETTER_RETENTION_MS = 30 * DAY_MS
+CHANGELOG_COMPACTION_LAG_MS = 3_600_000
 STATE_TABLE = "fold-state"  # processors.changelog.STATE_TABLE (kept in step by a test)
 
 
@@ -60,7 +64,8 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     configs[t.deadletter] = {"cleanup.policy": "delete",
                              "retention.ms": str(DEADLETTER_RETENTION_MS),
                              "min.insync.replicas": isr}
-    configs[changelog_topic(settings)] = {"cleanup.policy": "compact", "min.insync.replicas": isr}
+    configs[changelog_topic(settings)] = {"cleanup.policy": "compact", "min.insync.replicas": isr,
+                                          "min.compaction.lag.ms": str(CHANGELOG_COMPACTION_LAG_MS)}
     return configs
 
 

@@ -62,7 +62,8 @@ def create_compacted_topic(settings: Settings, name: str, partitions: int,
     admin = AdminClient(settings.kafka_conf())
     topic = NewTopic(name, num_partitions=partitions,
                      replication_factor=settings.topics.replication_factor,
-                     config={"cleanup.policy": "compact"})
+                     config={"cleanup.policy": "compact",  # as cxledger.topics sets it
+                             "min.compaction.lag.ms": "3600000"})
     for future in admin.create_topics([topic], request_timeout=timeout).values():
         try:
             future.result(timeout=timeout)

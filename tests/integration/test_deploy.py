@@ -501,6 +501,7 @@ def test_topic_configuration_follows_the_replication_factor():
     t = settings.topics
     assert configs[t.ledger]["retention.ms"] == "-1" and configs[t.ledger]["cleanup.policy"] == "delete"
     assert configs[changelog_topic(settings)]["cleanup.policy"] == "compact"
+    assert int(configs[changelog_topic(settings)]["min.compaction.lag.ms"]) >= 600_000
     assert {c["min.insync.replicas"] for c in configs.values()} == {"2"}
     assert set(configs) == set(t.all_topics) | {changelog_topic(settings)}
     for name in set(t.derived.values()) | {t.deadletter}:
