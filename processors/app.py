@@ -279,38 +279,52 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
         metrics.dead_letter(reason, group)
         metrics.events_out.labels(group, settings.topics.deadletter).inc()
 
+    # The folds are touched by the agent and by the live-clock timer, one at a time (this
+    # lock); the CPU-heavy steps (decoding, folding, encoding) run in a thread, so that the
+    # event loop keeps answering the group's heartbeats however long a batch takes.
+    folds_lock = asyncio.Lock()
+
+    def decode_batch(events) -> tuple[dict[int, list[dict[str, Any]]], dict[int, int]]:
+        """The batch's records per partition, and the offset after each partition's last
+        message; what the state holds already is skipped, what cannot be folded dead-lettered."""
+        batch: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        ends: dict[int, int] = {}
+        for event in events:
+            msg = event.message
+            partition = msg.partition
+            if msg.offset < folds.get(partition).position:
+                continue  # the state holds it already
+            ends[partition] = msg.offset + 1
+            try:
+                record, _ = codec.decode(msg.value)
+            except DecodeError as exc:
+                dead_letter(msg.key, msg.value, str(exc), partition, msg.offset)
+                continue
+            refusal = ledger_refusal(record, msg.key)
+            if refusal:  # the ledger sink refuses it too: what is folded is what is stored
+                dead_letter(msg.key, msg.value, refusal, partition, msg.offset)
+                continue
+            batch[partition].append(record)
+        return batch, ends
+
     @app.agent(ledger)
     async def fold_ledger(stream):
+        loop = asyncio.get_running_loop()
         async for events in stream.take_events(batch_size, within=batch_within):
             started = time.monotonic()
             metrics.events_in.labels(group, settings.topics.ledger).inc(len(events))
-            batch: dict[int, list[dict[str, Any]]] = defaultdict(list)
-            ends: dict[int, int] = {}  # partition -> offset after its last message here
-            for event in events:
-                msg = event.message
-                partition = msg.partition
-                if partition not in restored:
-                    await recover(partition, msg.offset)
-                if msg.offset < folds.get(partition).position:
-                    continue  # the state holds it already
-                ends[partition] = msg.offset + 1
-                try:
-                    record, _ = codec.decode(msg.value)
-                except DecodeError as exc:
-                    dead_letter(msg.key, msg.value, str(exc), partition, msg.offset)
+            async with folds_lock:
+                for partition in {event.message.partition for event in events} - restored:
+                    await recover(partition, min(e.message.offset for e in events
+                                                 if e.message.partition == partition))
+                batch, ends = await loop.run_in_executor(None, decode_batch, events)
+                if not ends:
                     continue
-                refusal = ledger_refusal(record, msg.key)
-                if refusal:  # the ledger sink refuses it too: what is folded is what is stored
-                    dead_letter(msg.key, msg.value, refusal, partition, msg.offset)
-                    continue
-                batch[partition].append(record)
-            if not ends:
-                continue
-            derived = folds.fold_batch(batch)
-            for partition, end in ends.items():
-                folds.get(partition).position = end
-            await send_and_persist(derived, ends)  # acknowledged before the batch is acked
-            del derived
+                derived = await loop.run_in_executor(None, folds.fold_batch, batch)
+                for partition, end in ends.items():
+                    folds.get(partition).position = end
+                await send_and_persist(derived, ends)  # acknowledged before the batch is acked
+                del derived
             settle_heap()
             metrics.processor_batch_seconds.observe(time.monotonic() - started)
 
@@ -318,12 +332,18 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
         """Send ``derived`` until acknowledged (never giving up: the batch must not be acked
         without them), then the changed state of ``partitions`` to the changelog, likewise."""
         topic_for = settings.topics.for_derived
-        encoded = [(topic_for(record["event_type"]), message_key(record), codec.encode(record),
-                    None) for record in derived]
-        await deliver(encoded, "derived events")
-        await deliver([(state_topic, key.encode(), value, partition)
-                       for partition, key, value in state_records(folds, partitions)],
-                      "state")
+        loop = asyncio.get_running_loop()
+
+        def encode_derived():
+            return [(topic_for(record["event_type"]), message_key(record), codec.encode(record),
+                     None) for record in derived]
+
+        def encode_state():
+            return [(state_topic, key.encode(), value, partition)
+                    for partition, key, value in state_records(folds, partitions)]
+
+        await deliver(await loop.run_in_executor(None, encode_derived), "derived events")
+        await deliver(await loop.run_in_executor(None, encode_state), "state")
 
     async def deliver(messages: list[tuple[str, bytes, bytes, int | None]], what: str) -> None:
         await producer.deliver(messages, what)  # every message acknowledged, or sent again
@@ -334,16 +354,17 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
         """Live mode: an idle partition's clock follows wall time less the allowed lateness,
         only while its event time is within the live lag of wall time (never in a backfill:
         there the event time is far behind, and ``live_clock_target`` says no)."""
-        now_ms = int(time.time() * 1000)
-        derived, moved = [], []
-        for partition, fold in list(folds.folds.items()):
-            target = live_clock_target(fold.clock, now_ms, rules)
-            if target is not None:
-                derived += fold.advance_clock(target)
-                derived += fold.drain_windows() + fold.drain_complaints()
-                moved.append(partition)
-        if moved:
-            await send_and_persist(derived, moved)
+        async with folds_lock:
+            now_ms = int(time.time() * 1000)
+            derived, moved = [], []
+            for partition, fold in list(folds.folds.items()):
+                target = live_clock_target(fold.clock, now_ms, rules)
+                if target is not None:
+                    derived += fold.advance_clock(target)
+                    derived += fold.drain_windows() + fold.drain_complaints()
+                    moved.append(partition)
+            if moved:
+                await send_and_persist(derived, moved)
 
     if settings.live_clock:
         app.timer(interval=live_clock_interval)(advance_idle_clocks)
@@ -381,10 +402,11 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
-        for tp in revoked:
-            if tp.topic == settings.topics.ledger:
-                folds.drop(tp.partition)
-                restored.discard(tp.partition)
+        async with folds_lock:  # never in the middle of a batch or a clock move
+            for tp in revoked:
+                if tp.topic == settings.topics.ledger:
+                    folds.drop(tp.partition)
+                    restored.discard(tp.partition)
         health.assigned = health.assigned - {tp.partition for tp in revoked
                                              if tp.topic == settings.topics.ledger}
 
