@@ -8,7 +8,8 @@
 2. chaos: SIGKILLs of workers and of the whole stack while traffic flows (tests.reliability.chaos);
 3. a soak at a steady rate, sampling every process's memory (tests.reliability.soak).
 Keys: kills, faults, cases, sent, written, rejected, dead_lettered, duplicates (must be 0),
-missing (must be 0), peak_rss_mb (per process), soak_s; the details follow under their names.
+missing (must be 0), peak_rss_mb (per process), soak_s, rss_within_bound (every process but
+the broker below tests.reliability.soak.RSS_BOUND_MB); the details follow under their names.
 Progress goes to stderr. The exit code is 1 when a check failed.
 """
 
@@ -83,6 +84,7 @@ def main() -> int:
         "missing": chaos["missing"] + (soak["sent"] - soak["written"]),
         "peak_rss_mb": soak["peak_rss_mb"],
         "soak_s": soak["soak_s"],
+        "rss_within_bound": soak["within_bound"],
         "tests": "passed" if tests_status == 0 else f"failed (pytest exit {tests_status})",
         "derived_equal_after_chaos": all(chaos["derived_equal"].values()),
         "chaos": chaos, "soak": soak, "faults_injected": faults, "hostile": hostile,
@@ -90,7 +92,7 @@ def main() -> int:
     }
     print(json.dumps(summary, indent=2))
     ok = (tests_status == 0 and summary["duplicates"] == 0 and summary["missing"] == 0
-          and summary["derived_equal_after_chaos"])
+          and summary["derived_equal_after_chaos"] and soak["within_bound"])
     return 0 if ok else 1
 
 

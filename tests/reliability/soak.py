@@ -76,6 +76,17 @@ def caught_up(store: Path, timeout: float) -> float:
     raise AssertionError(f"lag did not return to zero within {timeout:.0f}s: {status}")
 
 
+# The memory bound the README states: every process of the stack but the broker (whose
+# topics live in its memory on the single-machine stack, so it holds what was published)
+# stays below this RSS through the soak and its catch-up.
+RSS_BOUND_MB = 1024
+UNBOUNDED = ("broker",)
+
+
+def within_bound(peak_rss_mb: dict[str, float]) -> bool:
+    return all(mb < RSS_BOUND_MB for name, mb in peak_rss_mb.items() if name not in UNBOUNDED)
+
+
 def run_soak(work: Path, rate: float, seconds: float, *, workers: int = 1) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     env = clean_env(CXLEDGER_QUERY_PORT=str(free_port()), CXLEDGER_GATEWAY_PORT=str(free_port()))
@@ -98,6 +109,8 @@ def run_soak(work: Path, rate: float, seconds: float, *, workers: int = 1) -> di
     return {"rate": rate, "seconds": seconds, "soak_s": soak_s, "sent": sent,
             "written": written, "lag_zero_after_s": lag_zero_after_s,
             "peak_rss_mb": peak(sampler.samples), "rss_growth": growth(sampler.samples),
+            "rss_bound_mb": RSS_BOUND_MB,
+            "within_bound": within_bound(peak(sampler.samples)),
             "samples": len(sampler.samples)}
 
 
