@@ -189,7 +189,8 @@ def _traffic(record, store: Path, rate: float, seconds: float, warmup: float,
                     continue  # the probe takes this event's place
                 producer.publish(event)
                 sent += 1
-                last_customer = (event["customer_id"], event["city"])
+                if "customer_id" in event:  # operational events (halls, incidents) have none
+                    last_customer = (event["customer_id"], event["city"])
             stopped = time.time()
         measured_rate = sent / max(stopped - t0, 1e-9)
         deadline = time.time() + grace
