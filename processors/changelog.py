@@ -154,7 +154,15 @@ def read_state(settings: Settings, partition: int, idle_s: float = 0.5,
                timeout: float = 120.0) -> list[tuple[str, bytes]]:
     """The consistent state of one ledger partition in the changelog (module docstring):
     (key, value) of the partition record and of each customer as of its position."""
-    topic = changelog_topic(settings)
+    return consistent_state(partition, read_log(settings, changelog_topic(settings), partition,
+                                                idle_s, timeout))
+
+
+def read_log(settings: Settings, topic: str, partition: int, idle_s: float = 0.5,
+             timeout: float = 120.0) -> list[tuple[str, bytes | None]]:
+    """Every (key, value) of a state topic's partition, in log order, read until the log is
+    exhausted: past the reported end, or at the partition's end, and then quiet for
+    ``idle_s`` (Tansu 0.6 reports the last batch's base offset + 1 as the end)."""
     consumer = Consumer(settings.kafka_conf(**{
         "group.id": f"{settings.topics.processors_app}-state-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False, "auto.offset.reset": "earliest",
@@ -167,8 +175,7 @@ def read_state(settings: Settings, partition: int, idle_s: float = 0.5,
         deadline = time.monotonic() + timeout
         last_seen, quiet_since, at_eof = -1, time.monotonic(), False
         while True:
-            messages = consumer.consume(1000, timeout=0.1)
-            for msg in messages:
+            for msg in consumer.consume(1000, timeout=0.1):
                 error = msg.error()
                 if error is not None:
                     at_eof = at_eof or error.code() == KafkaError._PARTITION_EOF
@@ -183,7 +190,7 @@ def read_state(settings: Settings, partition: int, idle_s: float = 0.5,
                                    f"{timeout:.0f}s")
     finally:
         consumer.close()
-    return consistent_state(partition, records)
+    return records
 
 
 def consistent_state(partition: int, records: Iterable[tuple[str, bytes | None]]

@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-import uuid
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from cxledger.config import Settings
-from processors.changelog import create_compacted_topic
+from processors.changelog import create_compacted_topic, read_log
 from processors.derived import HALL_MONTHS_KEY, message_key
 from processors.halls import MONTH_CLOSED, HallMonths
 from processors.rules import Rules
@@ -54,32 +51,10 @@ def create_state_topic(settings: Settings, timeout: float = 15.0) -> None:
 def read_hall_months_state(settings: Settings, idle_s: float = 0.5,
                            timeout: float = 60.0) -> dict[str, Any] | None:
     """The last state record of the hall-months fold, or None when there is none."""
-    consumer = Consumer(settings.kafka_conf(**{
-        "group.id": f"{settings.topics.processors_app}-hall-state-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False, "auto.offset.reset": "earliest",
-        "enable.partition.eof": True}))
-    last: bytes | None = None
-    try:
-        consumer.assign([TopicPartition(state_topic(settings), 0, 0)])
-        deadline = time.monotonic() + timeout
-        quiet_since, at_eof = time.monotonic(), False
-        while True:
-            for msg in consumer.consume(1000, timeout=0.1):
-                error = msg.error()
-                if error is not None:
-                    at_eof = at_eof or error.code() == KafkaError._PARTITION_EOF
-                    continue
-                quiet_since = time.monotonic()
-                if msg.key() == STATE_KEY and msg.value() is not None:
-                    last = msg.value()
-            if at_eof and time.monotonic() - quiet_since >= idle_s:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"could not read {state_topic(settings)} within "
-                                   f"{timeout:.0f}s")
-    finally:
-        consumer.close()
-    return json.loads(last) if last is not None else None
+    values = [value for key, value in read_log(settings, state_topic(settings), 0, idle_s,
+                                               timeout)
+              if key.encode() == STATE_KEY and value is not None]
+    return json.loads(values[-1]) if values else None
 
 
 def seed_hall_months_state(settings: Settings, fold: HallMonths, timeout: float = 30.0) -> None:
