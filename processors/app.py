@@ -31,6 +31,7 @@ import asyncio
 import os
 import random
 import ssl
+import tempfile
 import threading
 import time
 import uuid
@@ -146,6 +147,9 @@ def faust_app(settings: Settings) -> faust.App:
         broker=bootstrap,
         broker_credentials=broker_credentials(settings),
         store="memory://",
+        # faust makes a tables directory even for the memory store: keep it out of the
+        # working directory (the state itself is in our changelog topic)
+        datadir=os.path.join(tempfile.gettempdir(), f"{settings.topics.processors_app}-faust"),
         topic_partitions=settings.topics.partitions,
         topic_replication_factor=settings.topics.replication_factor,
         consumer_auto_offset_reset="earliest",

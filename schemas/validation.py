@@ -467,6 +467,17 @@ def normalize_event(event: dict[str, Any], *, catalogue: Catalogue | None = None
     if event_type in DERIVED_TYPES and not allow_derived:
         raise EventValidationError(f"{event_type} is derived by the processors; channels cannot "
                                    "publish it", "event_type", event_type, event_id)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    record = _fast_path(event_type, catalogue)(event, now_ms)
+    if record is not None:
+        return record
+    return _general_path(event, event_type, catalogue, now_ms, pseudonymize)
+
+
+def _general_path(event: dict[str, Any], event_type: str, catalogue: Catalogue, now_ms: int,
+                  pseudonymize: "Pseudonymizer | None") -> dict[str, Any]:
+    """``normalize_event`` for an event of a known type: every conversion, every error."""
+    event_id = event.get("event_id")
     plan = _plan(event_type, catalogue)
     names = {p[0] for p in plan}
     if event_type in OPERATIONAL_KEYS and "customer_id" in event:
@@ -506,8 +517,7 @@ def normalize_event(event: dict[str, Any], *, catalogue: Catalogue | None = None
                                        event_type, event_id)
         record[name] = converted
     screen_pii(record, event_type, catalogue, pseudonymize)
-    _check_values(record, event_type, event_id,
-                  int(time.time() * 1000) if now_ms is None else now_ms)
+    _check_values(record, event_type, event_id, now_ms)
     return record
 
 
@@ -767,3 +777,115 @@ def ledger_refusal(record: dict[str, Any], key: bytes | None) -> str | None:
     except EventValidationError as exc:
         return str(exc)
     return None
+
+
+# -- the fast path ------------------------------------------------------------------------------
+# Nearly every event arrives already in its record form: ids that need no trimming, numbers as
+# numbers, canonical UUIDs, no personal data. For each event type a function is generated
+# (``fast_path_source`` shows it) that takes such an event field by field with a type test, a
+# length or a range, and returns its record; anything else (a value to convert, an error to
+# name, personal data to refuse or pseudonymise) makes it return None, and ``normalize_event``
+# takes the general path, which gives the same record or names the field. Generated code
+# because the general path's per-field calls and lookups were most of the producer's and the
+# ledger sink's time; tests/unit/test_validation_fast_path.py checks that both paths agree.
+
+_UUID_FORM = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# Matches where any of the personal-data patterns matches (the exact test behind _PII_HINT).
+_ANY_PII = re.compile("|".join(f"(?:{p.pattern})" for _, _, p in _PII_PATTERNS))
+
+
+def _field_source(name: str, avro_type: Any, nullable: bool, has_default: bool,
+                  ns: dict[str, Any]) -> list[str]:
+    """Lines of the fast path for one field: leave ``v`` in record form in ``r[name]``, or
+    return None."""
+    if isinstance(avro_type, list):
+        avro_type = next(t for t in avro_type if t != "null")
+    logical = avro_type.get("logicalType") if isinstance(avro_type, dict) else None
+    kind = avro_type.get("type") if isinstance(avro_type, dict) else avro_type
+    if name == "event_id":
+        missing = "r['event_id'] = str(_uuid4())"
+    elif nullable:
+        missing = f"r[{name!r}] = None"
+    elif has_default:
+        ns[f"DEFAULT_{name}"] = next(p[4] for p in ns["PLAN"] if p[0] == name)
+        missing = f"r[{name!r}] = DEFAULT_{name}"
+    else:
+        missing = "return None"
+    empty = "v is None" if name == "customer_id" else 'v is None or v == ""'
+    lines = [f"v = get({name!r})", f"if {empty}:", f"    {missing}", "else:"]
+    if logical == "uuid":
+        test = "type(v) is not str or not _UUID_FORM(v)"
+    elif logical is None and kind == "string" and name in TEXT_FIELDS:
+        test = (f"type(v) is not str or len(v) > {MAX_TEXT_CHARS} or v.isspace() "
+                "or _TEXT_FORBIDDEN(v) or _PII_HINT(v) and _ANY_PII(v) or _NAME_HINT(v)")
+    elif logical is None and kind == "string":
+        test = (f"type(v) is not str or not 0 < len(v) <= {string_limit(name)} "
+                "or not v.isprintable() or v[0] == ' ' or v[-1] == ' ' "
+                "or _PII_HINT(v) and _ANY_PII(v)")
+    elif logical == "timestamp-millis":  # epoch milliseconds as they are, else parsed
+        ns[f"CONVERT_{name}"] = parse_occurred_at
+        lines += [f"    if type(v) is not int or not {EARLIEST_OCCURRED_AT_MS} <= v < "
+                  f"{LATEST_PARSEABLE_MS}:", "        try:", f"            v = CONVERT_{name}(v)",
+                  "        except ValueError:", "            return None"]
+        test = None
+    elif kind in ("int", "long"):
+        test = "type(v) is not int"
+    elif kind == "boolean":
+        test = "type(v) is not bool"
+    elif kind == "enum":
+        ns[f"SYMBOLS_{name}"] = frozenset(s for s in avro_type["symbols"] if s != "unknown")
+        test = f"type(v) is not str or v not in SYMBOLS_{name}"
+    elif kind in ("double", "float"):
+        lines += ["    if type(v) is int and -1e15 < v < 1e15:", "        v = float(v)"]
+        test = "type(v) is not float or not -_INF < v < _INF"
+    else:  # timestamps, amounts, lists: the general converter, which is quick on record form
+        ns[f"CONVERT_{name}"] = next(p[1] for p in ns["PLAN"] if p[0] == name)
+        lines += ["    try:", f"        v = CONVERT_{name}(v)", "    except ValueError:",
+                  "        return None"]
+        test = None
+        if kind == "array":
+            test = "any(_PII_HINT(x) and _ANY_PII(x) for x in v)"
+    if name in _RANGES:
+        low, high = _RANGES[name]
+        test = f"{test} or not {low!r} <= v <= {high!r}" if test else f"not {low!r} <= v <= {high!r}"
+    if test:
+        lines += [f"    if {test}:", "        return None"]
+    lines.append(f"    r[{name!r}] = v")
+    return lines
+
+
+@cache
+def _fast_path_parts(event_type: str, catalogue: Catalogue) -> tuple[str, dict[str, Any]]:
+    plan = _plan(event_type, catalogue)
+    ns: dict[str, Any] = {
+        "PLAN": plan, "NAMES": frozenset(p[0] for p in plan), "_uuid4": uuid.uuid4,
+        "_UUID_FORM": _UUID_FORM.fullmatch, "_TEXT_FORBIDDEN": _TEXT_FORBIDDEN.search,
+        "_PII_HINT": _PII_HINT.search, "_ANY_PII": _ANY_PII.search,
+        "_NAME_HINT": _NAME_HINT.search, "_INF": math.inf, "_check_values": _check_values,
+        "EventValidationError": EventValidationError, "EVENT_TYPE": event_type}
+    body = ["if not event.keys() <= NAMES:", "    return None"]
+    if event_type in OPERATIONAL_KEYS:
+        body += ["if 'customer_id' in event:", "    return None"]
+    body += ["get = event.get", "r = {}"]
+    fields = {f["name"]: f["type"] for f in catalogue.latest(event_type).definition["fields"]}
+    named = {t["name"]: t for t in fields.values() if isinstance(t, dict) and "name" in t}
+    for name, _, nullable, has_default, _ in plan:
+        avro_type = fields[name]
+        avro_type = named.get(avro_type, avro_type) if isinstance(avro_type, str) else avro_type
+        body += _field_source(name, avro_type, nullable, has_default, ns)
+    body += ["try:", "    _check_values(r, EVENT_TYPE, None, now_ms)",
+             "except EventValidationError:", "    return None", "return r"]
+    source = "def fast_path(event, now_ms):\n" + "".join(f"    {line}\n" for line in body)
+    return source, ns
+
+
+def fast_path_source(event_type: str, catalogue: Catalogue | None = None) -> str:
+    """The generated fast path of ``event_type`` (for reading; see the section comment)."""
+    return _fast_path_parts(event_type, catalogue or default_catalogue())[0]
+
+
+@cache
+def _fast_path(event_type: str, catalogue: Catalogue) -> Callable[[dict, int], dict | None]:
+    source, ns = _fast_path_parts(event_type, catalogue)
+    exec(compile(source, f"<fast path of {event_type}>", "exec"), ns)
+    return ns["fast_path"]
