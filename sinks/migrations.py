@@ -5,7 +5,11 @@ A migration is a numbered list of idempotent statements (``CREATE ... IF NOT EXI
 ``ADD ... IF NOT EXISTS``) kept in ``sinks/sql``. Migration 1 is the schema the sinks have always
 created (ledger.sql, derived.sql, views.sql); every later change is a later migration (add
 ``Migration(2, "name", ("migrations/0002_name.sql",))`` to ``MIGRATIONS``), never an edit of an
-applied one.
+applied one. Two more kinds of statement: ``CREATE MATERIALIZED VIEW IF NOT EXISTS v TO t AS
+SELECT ...`` (ClickHouse fills ``t`` from every later insert into the view's source), and
+``INSERT INTO t COPY FROM v``, which fills ``t`` with what ``v`` would have written for the rows
+already in its source (``v``'s own query, so that it is written once); run twice, it writes the
+rows twice, which the ReplacingMergeTree tables such views fill collapse (FINAL).
 
 ``migrate`` (what ``cxledger db migrate`` and ``sinks.clickhouse.create_tables`` run):
 
@@ -83,6 +87,7 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", ("ledger.sql", "derived.sql", "views.sql")),
     Migration(2, "service_halls", ("migrations/0002_service_halls.sql",)),
+    Migration(3, "hall_tables", ("migrations/0003_hall_tables.sql",)),
 )
 
 # Distributed tables' sharding keys (cluster DDL). Every version of a ReplacingMergeTree row must
@@ -102,6 +107,10 @@ SHARDING_KEYS: dict[str, str] = {
     "hall_survey_month_closes": "cityHash64(month, source_partition)",
     "hall_key_improvement_flags": "cityHash64(hall_id)",
     "hall_key_improvement_clears": "cityHash64(hall_id)",
+    # filled by materialized views on each node's ledger_events_local: the ledger's key
+    "hall_visit_events": "cityHash64(customer_id)",
+    "onsite_shift_events": "cityHash64(customer_id)",
+    "ledger_by_type": "cityHash64(customer_id)",
     "feedback_sla_breaches": "cityHash64(customer_id)",
     "deadletter_events": "cityHash64(source_topic, source_partition)",
 }
@@ -157,6 +166,15 @@ _CREATE_TABLE = re.compile(
     r"(?P<engine>\w*MergeTree)(?:\((?P<args>[^)]*)\))?(?P<rest>.*)$", re.S)
 _CREATE_VIEW = re.compile(r"^CREATE VIEW IF NOT EXISTS (?P<view>\w+) AS\s+(?P<query>.*)$", re.S)
 _ALTER = re.compile(r"^ALTER TABLE (?P<table>\w+)\s+(?P<rest>.*)$", re.S)
+_CREATE_MV = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (?P<view>\w+) TO (?P<table>\w+)"
+                        r" AS\s+(?P<query>.*)$", re.S)
+_COPY = re.compile(r"^INSERT INTO (?P<table>\w+) COPY FROM (?P<view>\w+)$")
+
+
+def materialized_views(migrations: Sequence[Migration] = MIGRATIONS) -> dict[str, tuple[str, str]]:
+    """Materialized view -> (the table it fills, its query), as the migrations create them."""
+    return {m["view"]: (m["table"], m["query"]) for migration in migrations
+            for statement in migration.statements() if (m := _CREATE_MV.match(statement))}
 
 
 def object_names(migrations: Sequence[Migration] = MIGRATIONS) -> tuple[set[str], set[str]]:
@@ -217,8 +235,29 @@ def render_statement(statement: str, target: Target, names: Iterable[str]) -> li
             return [statement]
         query = _qualify_references(m["query"], names, target)
         return [f"CREATE VIEW IF NOT EXISTS {target.name(m['view'])}{on} AS\n{query}"]
+    if m := _CREATE_MV.match(statement):
+        # on a cluster each node's view reads what is inserted into its local ledger table and
+        # writes to its local table: a row stays on the shard of the ledger row it came from
+        query, table = m["query"], m["table"]
+        if target.cluster:
+            query = re.sub(r"\b(FROM|JOIN)(\s+)(\w+)\b", r"\1\2\3_local", query)
+            table = f"{table}_local"
+        query = _qualify_references(query, [*names, *(f"{n}_local" for n in names)], target)
+        return [f"CREATE MATERIALIZED VIEW IF NOT EXISTS {target.name(m['view'])}{on} "
+                f"TO {target.name(table)} AS\n{query}"]
+    if m := _COPY.match(statement):
+        # what the materialized view would have written for the rows already in its source
+        # (on a cluster through the Distributed tables, whose sharding key puts each row
+        # where the view puts it)
+        views = materialized_views()
+        if m["view"] not in views or views[m["view"]][0] != m["table"]:
+            raise MigrationError(f"{statement!r}: no materialized view {m['view']} to "
+                                 f"{m['table']} in the migrations")
+        query = _qualify_references(views[m["view"]][1], names, target)
+        return [f"INSERT INTO {target.name(m['table'])}\n{query}"]
     raise MigrationError(f"cannot render this statement for a cluster or another database "
-                         f"(only CREATE TABLE/VIEW IF NOT EXISTS and ALTER TABLE): "
+                         f"(only CREATE TABLE/VIEW IF NOT EXISTS, CREATE MATERIALIZED VIEW IF NOT "
+                         f"EXISTS ... TO, INSERT INTO ... COPY FROM and ALTER TABLE): "
                          f"{statement[:80]!r}")
 
 
@@ -242,14 +281,27 @@ def migrations_table_ddl(target: Target) -> str:
 
 
 def render_migration(migration: Migration, target: Target, params: dict[str, str] | None = None,
-                     names: Iterable[str] | None = None) -> list[str]:
+                     names: Iterable[str] | None = None,
+                     migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:
     if names is None:
         tables, views = object_names()
         names = tables | views
     out: list[str] = []
+    earlier = _views_before(migration.version, migrations)
     for statement in migration.statements(params):
-        out += render_statement(statement, target, names)
+        rendered = render_statement(statement, target, names)
+        if (m := _CREATE_VIEW.match(statement)) and m["view"] in earlier:
+            # a view an earlier migration made, defined anew (its columns kept: later views
+            # read it): replaced, since IF NOT EXISTS would keep the old one
+            rendered = [r.replace("CREATE VIEW IF NOT EXISTS", "CREATE OR REPLACE VIEW", 1)
+                        for r in rendered]
+        out += rendered
     return out
+
+
+def _views_before(version: int, migrations: Sequence[Migration]) -> set[str]:
+    return {m["view"] for migration in migrations if migration.version < version
+            for statement in migration.statements() if (m := _CREATE_VIEW.match(statement))}
 
 
 def render_ddl(target: Target, params: dict[str, str] | None = None,
@@ -265,7 +317,7 @@ def render_ddl(target: Target, params: dict[str, str] | None = None,
     out.append(migrations_table_ddl(target))
     tables, views = object_names(migrations)
     for migration in migrations:
-        out += render_migration(migration, target, params, tables | views)
+        out += render_migration(migration, target, params, tables | views, migrations)
     values = ", ".join(f"({m.version}, '{m.name}', '{m.checksum}', 'ddl', "
                        f"'{target.cluster or ''}')" for m in migrations)
     out.append(f"INSERT INTO {target.name(MIGRATIONS_TABLE)} "
@@ -420,7 +472,8 @@ def migrate(client, *, cluster: str | None = None, params: dict[str, str] | None
         if applied is None:
             client.command(migrations_table_ddl(target))
         for migration in pending:
-            for statement in render_migration(migration, target, params, tables | views):
+            for statement in render_migration(migration, target, params, tables | views,
+                                              migrations):
                 client.command(statement)
             how = "applied"
             if adopting and migration.version == 1:

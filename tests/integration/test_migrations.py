@@ -10,7 +10,8 @@
 * ``cxledger db ddl`` for one node, applied to an empty database, builds exactly what the sinks
   build; for a cluster it is Replicated tables under Distributed ones, ON CLUSTER, and ClickHouse's
   own parser (formatQuery) accepts every statement;
-* the documented TTL for 1-minute window partials removes old minute windows and nothing else.
+* the documented TTL for 1-minute window partials removes old minute windows and nothing else;
+* the hall tables of migration 3 hold the hall events stored before it and every later one.
 """
 
 from __future__ import annotations
@@ -338,3 +339,41 @@ sys.stdout.write(out.getvalue())
     bad = subprocess.run([sys.executable, "-m", "cxledger.cli", "db", "ddl", "--database", "cx; DROP"],
                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert bad.returncode != 0 and "identifier" in bad.stderr
+
+
+def test_the_hall_tables_hold_the_stored_hall_events_and_every_later_one(database):
+    """Migration 3: ClickHouse copies what the service-hall views read into tables of their own
+    (materialized views); the views of migration 2 keep their names and rows."""
+    from producers.simulator import simulate
+    from schemas.validation import normalize_event
+    from sinks.ledger_sink import LEDGER_COLUMNS, ledger_row
+
+    _, client = database("t_halls")
+    migrate(client, migrations=MIGRATIONS[:2])
+    records = [normalize_event(e, now_ms=4_000_000_000_000) for e in simulate(6_000, seed=5)]
+    rows = [ledger_row(r, 1, 0, i) for i, r in enumerate(records)]
+    first, later = rows[:4_000], rows[4_000:]
+    client.insert("ledger_events", first, column_names=list(LEDGER_COLUMNS))
+
+    def views() -> tuple[list, ...]:
+        return tuple(client.query(f"SELECT * FROM {view} ORDER BY ALL").result_rows
+                     for view in ("hall_visits", "onsite_shifts", "staff_exams", "spot_checks",
+                                  "feedback_sla_compliance", "incidents"))
+
+    parsed = views()  # migration 2's views: the whole ledger read, its JSON parsed
+    assert all(parsed)
+    report = migrate(client)
+    assert report.applied == [3]
+    assert views() == parsed  # the stored events, copied into the typed tables
+    client.insert("ledger_events", later, column_names=list(LEDGER_COLUMNS))
+    client.insert("ledger_events", later[:500], column_names=list(LEDGER_COLUMNS))  # redelivered
+    visits, shifts, exams, *_ = views()
+    assert len(exams) == sum(r["event_type"] == "staff.exam_scored" for r in records)
+    hall_visits = sum(r["event_type"] == "hall.visit_completed" for r in records)
+    assert len(visits) == hall_visits > len(parsed[0])
+    assert len(shifts) == sum(r["event_type"] == "supervision.onsite_shift" for r in records)
+    assert len({v[0] for v in visits}) == len(visits)
+    assert "JSONExtract" not in client.query(
+        "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() "
+        "AND name = 'hall_visits'").result_rows[0][0]
+    assert migrate(client).applied == []
