@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 from functools import partial
 from typing import Any, Callable, Iterable
 
@@ -102,13 +103,15 @@ _DIGEST_BYTES = 8
 class RecentEventIds:
     """The content of the last ``size`` events by event_id: (digest, where it came from).
 
-    A plain dict in insertion order; the oldest id is forgotten first. Each entry is the id
-    and one small bytes value (digest + where), about 200 bytes.
+    An OrderedDict in insertion order; the oldest id is forgotten first (``popitem(last=False)``
+    is O(1); deleting a plain dict's first key is not: its iteration skips every slot deleted
+    before it, which made a producer past its first 100,000 events four times slower). Each
+    entry is the id and one small bytes value (digest + where), about 200 bytes.
     """
 
     def __init__(self, size: int = RECENT_EVENT_IDS):
         self.size = size
-        self._seen: dict[str, bytes] = {}
+        self._seen: OrderedDict[str, bytes] = OrderedDict()
 
     @staticmethod
     def digest(value: bytes) -> bytes:
@@ -126,7 +129,7 @@ class RecentEventIds:
             return
         self._seen[event_id] = digest + where.encode("utf-8", "replace")
         if len(self._seen) > self.size:
-            del self._seen[next(iter(self._seen))]
+            self._seen.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._seen)
