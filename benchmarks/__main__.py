@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "for freshness (default 60; 20 with --quick)")
     parser.add_argument("--freshness-rate", type=float, help="events/s for freshness "
                         "(default 5000)")
+    parser.add_argument("--freshness-workers", type=int, help="faust workers of the stack "
+                        "freshness runs on (`cxledger up --workers N`; default 1)")
     parser.add_argument("--freshness-floor-seconds", type=float, help="seconds of 1,000 "
                         "events/s first, for the latency without a backlog (default 20; 10 "
                         "with --quick; 0: none)")
@@ -56,12 +58,16 @@ def run(args: argparse.Namespace, command: str) -> int:
         print(f"unknown phase(s) to skip: {', '.join(sorted(unknown))}; known: "
               f"{', '.join(PHASES)}", file=sys.stderr)
         return 2
+    if args.freshness_workers is not None and args.freshness_workers < 1:
+        print("--freshness-workers must be at least 1", file=sys.stderr)
+        return 2
     if args.events is not None and args.events < 1:
         print("--events must be at least 1", file=sys.stderr)
         return 2
     options = Options.make(args.events, args.quick, skip=skip,
                            freshness_seconds=args.freshness_seconds,
                            freshness_rate=args.freshness_rate,
+                           freshness_workers=args.freshness_workers,
                            freshness_floor_seconds=args.freshness_floor_seconds,
                            dashboard_runs=args.dashboard_runs,
                            profile=Path(args.profile).resolve() if args.profile else None,

@@ -1,8 +1,8 @@
 """Freshness: from publish until a derived row is visible, on a running ``cxledger up``.
 
-The stack is ``cxledger up --workers 1`` on an empty store in a temporary directory (its own
-local broker, sinks, query endpoint, one faust worker with the live clock, the gateway), run
-as users run it. Traffic: ``producers.simulator.simulate_live`` at ``rate`` events/s, paced
+The stack is ``cxledger up --workers N`` (``--freshness-workers``, default 1) on an empty store
+in a temporary directory (its own local broker, sinks, query endpoint, the faust workers with
+the live clock, the gateway), run as users run it. Traffic: ``producers.simulator.simulate_live`` at ``rate`` events/s, paced
 on each event's ``occurred_at`` (event time is wall time), published with the SDK
 (``LedgerProducer``: validation, Avro, librdkafka, not waiting for acknowledgements in
 between). After ``warmup`` seconds of traffic, the probes start: ``probe_rate`` times a second
@@ -111,14 +111,14 @@ class _Poller(threading.Thread):
 def measure(workdir: Path, *, rate: float = 5_000.0, seconds: float = 60.0,
             warmup: float = 5.0, floor_rate: float = 1_000.0, floor_seconds: float = 20.0,
             probe_rate: float = 20.0, poll_s: float = 0.1, grace: float = 30.0,
-            say=print) -> dict[str, Any]:
+            workers: int = 1, say=print) -> dict[str, Any]:
     """Start the stack; run the floor traffic (a rate it sustains: the latency of the path
     itself), then the measured traffic; stop the stack."""
     store = workdir / "up-store"
     log = workdir / "up.out"
     query_port, gateway_port = _free_port(), _free_port()
     started = time.monotonic()
-    proc = spawn(python_module("cxledger.cli", "up", "--store", str(store), "--workers", "1",
+    proc = spawn(python_module("cxledger.cli", "up", "--store", str(store), "--workers", str(workers),
                                "--query-port", str(query_port), "--gateway-port",
                                str(gateway_port)), log, cwd=workdir)
     try:
@@ -134,8 +134,10 @@ def measure(workdir: Path, *, rate: float = 5_000.0, seconds: float = 60.0,
         say(f"  {rate:,.0f} events/s for {warmup:.0f}+{seconds:.0f}s")
         out = _traffic(record, store, rate, seconds, warmup, probe_rate, poll_s, grace, seed=21)
         out["stack_ready_s"] = round(ready_s, 1)
-        out["stack"] = ("cxledger up --workers 1 (local broker, sinks, query endpoint, one faust "
-                        "worker with the live clock, gateway) on an empty store")
+        out["stack"] = (f"cxledger up --workers {workers} (local broker, sinks, query endpoint, "
+                        f"{workers} faust worker(s) with the live clock, gateway) on an empty "
+                        "store")
+        out["workers"] = workers
         out["floor"] = floor
         out["peak_rss_mb"] = _stack_rss(proc.pid)
         return out

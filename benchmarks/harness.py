@@ -91,6 +91,7 @@ class Options:
     freshness_seconds: float = 60.0
     freshness_warmup: float = 5.0
     freshness_floor_seconds: float = 20.0
+    freshness_workers: int = 1
     dashboard_runs: int = 10
     skip: tuple[str, ...] = ()
     profile: Path | None = None
@@ -790,7 +791,8 @@ class Bench:
         out = freshness.measure(self.workdir, rate=self.o.freshness_rate,
                                 seconds=self.o.freshness_seconds,
                                 warmup=self.o.freshness_warmup,
-                                floor_seconds=self.o.freshness_floor_seconds, say=self.say)
+                                floor_seconds=self.o.freshness_floor_seconds,
+                                workers=self.o.freshness_workers, say=self.say)
         self.run.figures["freshness_p50_s"] = out["p50_s"]
         self.run.figures["freshness_p99_s"] = out["p99_s"]
         self.run.rss["up_stack"] = out.pop("peak_rss_mb")
