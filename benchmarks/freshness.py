@@ -2,10 +2,10 @@
 
 The stack is ``cxledger up --workers N`` (``--freshness-workers``, default 1) on an empty store
 in a temporary directory (its own local broker, sinks, query endpoint, the faust workers with
-the live clock, the gateway), run as users run it. Traffic: ``producers.simulator.simulate_live`` at ``rate`` events/s, paced
-on each event's ``occurred_at`` (event time is wall time), published with the SDK
-(``LedgerProducer``: validation, Avro, librdkafka, not waiting for acknowledgements in
-between). After ``warmup`` seconds of traffic, the probes start: ``probe_rate`` times a second
+the live clock, the gateway), run as users run it. Traffic:
+``producers.simulator.simulate_live`` at ``rate`` events/s, paced on each event's
+``occurred_at`` (event time is wall time), published with the SDK (``LedgerProducer``:
+validation, Avro, librdkafka, not waiting for acknowledgements in between). After ``warmup`` seconds of traffic, the probes start: ``probe_rate`` times a second
 one of the simulated events is replaced by a ``survey.responded`` of a simulated customer with
 a survey id of our own, stamped now, so the total rate stays ``rate``.
 
@@ -118,9 +118,9 @@ def measure(workdir: Path, *, rate: float = 5_000.0, seconds: float = 60.0,
     log = workdir / "up.out"
     query_port, gateway_port = _free_port(), _free_port()
     started = time.monotonic()
-    proc = spawn(python_module("cxledger.cli", "up", "--store", str(store), "--workers", str(workers),
-                               "--query-port", str(query_port), "--gateway-port",
-                               str(gateway_port)), log, cwd=workdir)
+    proc = spawn(python_module("cxledger.cli", "up", "--store", str(store),
+                               "--workers", str(workers), "--query-port", str(query_port),
+                               "--gateway-port", str(gateway_port)), log, cwd=workdir)
     try:
         record = _wait_ready(proc, store, log)
         ready_s = time.monotonic() - started

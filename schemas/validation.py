@@ -794,10 +794,10 @@ _UUID_FORM = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 _ANY_PII = re.compile("|".join(f"(?:{p.pattern})" for _, _, p in _PII_PATTERNS))
 
 
-def _field_source(name: str, avro_type: Any, nullable: bool, has_default: bool,
-                  ns: dict[str, Any]) -> list[str]:
-    """Lines of the fast path for one field: leave ``v`` in record form in ``r[name]``, or
-    return None."""
+def _field_source(name: str, avro_type: Any, convert: Callable[[Any], Any], nullable: bool,
+                  has_default: bool, default: Any, ns: dict[str, Any]) -> list[str]:
+    """Lines of the fast path for one field (its ``_plan`` entry and Avro type): leave ``v``
+    in record form in ``r[name]``, or return None. Names the lines use go into ``ns``."""
     if isinstance(avro_type, list):
         avro_type = next(t for t in avro_type if t != "null")
     logical = avro_type.get("logicalType") if isinstance(avro_type, dict) else None
@@ -807,7 +807,7 @@ def _field_source(name: str, avro_type: Any, nullable: bool, has_default: bool,
     elif nullable:
         missing = f"r[{name!r}] = None"
     elif has_default:
-        ns[f"DEFAULT_{name}"] = next(p[4] for p in ns["PLAN"] if p[0] == name)
+        ns[f"DEFAULT_{name}"] = default
         missing = f"r[{name!r}] = DEFAULT_{name}"
     else:
         missing = "return None"
@@ -838,8 +838,8 @@ def _field_source(name: str, avro_type: Any, nullable: bool, has_default: bool,
     elif kind in ("double", "float"):
         lines += ["    if type(v) is int and -1e15 < v < 1e15:", "        v = float(v)"]
         test = "type(v) is not float or not -_INF < v < _INF"
-    else:  # timestamps, amounts, lists: the general converter, which is quick on record form
-        ns[f"CONVERT_{name}"] = next(p[1] for p in ns["PLAN"] if p[0] == name)
+    else:  # amounts, lists: the general converter, which is quick on record form
+        ns[f"CONVERT_{name}"] = convert
         lines += ["    try:", f"        v = CONVERT_{name}(v)", "    except ValueError:",
                   "        return None"]
         test = None
@@ -847,7 +847,8 @@ def _field_source(name: str, avro_type: Any, nullable: bool, has_default: bool,
             test = "any(_PII_HINT(x) and _ANY_PII(x) for x in v)"
     if name in _RANGES:
         low, high = _RANGES[name]
-        test = f"{test} or not {low!r} <= v <= {high!r}" if test else f"not {low!r} <= v <= {high!r}"
+        out_of_range = f"not {low!r} <= v <= {high!r}"
+        test = f"{test} or {out_of_range}" if test else out_of_range
     if test:
         lines += [f"    if {test}:", "        return None"]
     lines.append(f"    r[{name!r}] = v")
@@ -858,7 +859,7 @@ def _field_source(name: str, avro_type: Any, nullable: bool, has_default: bool,
 def _fast_path_parts(event_type: str, catalogue: Catalogue) -> tuple[str, dict[str, Any]]:
     plan = _plan(event_type, catalogue)
     ns: dict[str, Any] = {
-        "PLAN": plan, "NAMES": frozenset(p[0] for p in plan), "_uuid4": uuid.uuid4,
+        "NAMES": frozenset(p[0] for p in plan), "_uuid4": uuid.uuid4,
         "_UUID_FORM": _UUID_FORM.fullmatch, "_TEXT_FORBIDDEN": _TEXT_FORBIDDEN.search,
         "_PII_HINT": _PII_HINT.search, "_ANY_PII": _ANY_PII.search,
         "_NAME_HINT": _NAME_HINT.search, "_INF": math.inf, "_check_values": _check_values,
@@ -869,10 +870,10 @@ def _fast_path_parts(event_type: str, catalogue: Catalogue) -> tuple[str, dict[s
     body += ["get = event.get", "r = {}"]
     fields = {f["name"]: f["type"] for f in catalogue.latest(event_type).definition["fields"]}
     named = {t["name"]: t for t in fields.values() if isinstance(t, dict) and "name" in t}
-    for name, _, nullable, has_default, _ in plan:
+    for name, convert, nullable, has_default, default in plan:
         avro_type = fields[name]
         avro_type = named.get(avro_type, avro_type) if isinstance(avro_type, str) else avro_type
-        body += _field_source(name, avro_type, nullable, has_default, ns)
+        body += _field_source(name, avro_type, convert, nullable, has_default, default, ns)
     body += ["try:", "    _check_values(r, EVENT_TYPE, None, now_ms)",
              "except EventValidationError:", "    return None", "return r"]
     source = "def fast_path(event, now_ms):\n" + "".join(f"    {line}\n" for line in body)
