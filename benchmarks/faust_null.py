@@ -2,11 +2,12 @@
 
     python -m benchmarks.faust_null --config FILE
 
-The same faust app configuration as ``processors.app.create_app`` (broker, commit interval,
-poll and session timeouts, raw serializers, ``stream.take_events`` with the same batch size
-and window), and one agent that only counts the events of each batch. faust acks (and
-commits, on its 1 s interval) what the agent has taken, as it does for the real worker. There
-is no table, no decoding, no fold and no producer: what is left is faust's own consumption.
+faust consuming the ledger with its own consumer (``processors.app.faust_app``: broker, commit
+interval, poll and session timeouts, raw serializers), ``stream.take_events`` with the worker's
+batch size and window, and one agent that only counts the events of each batch. faust acks (and
+commits, on its 1 s interval) what the agent has taken. There is no table, no decoding, no fold
+and no producer: what is left is faust's own consumption, which the worker no longer uses for
+its input (processors.source says why).
 The app id (consumer group) is the settings' ``topics.processors_app``.
 """
 
@@ -19,13 +20,13 @@ import faust
 from cxledger.config import Settings, load_settings
 from processors.app import faust_app
 
-BATCH_SIZE = 10_000   # processors.app.create_app's defaults
+BATCH_SIZE = 10_000   # the worker's batch (processors.app.create_app's defaults)
 BATCH_WITHIN = 0.2
 
 
 def create_null_app(settings: Settings, batch_size: int = BATCH_SIZE,
                     batch_within: float = BATCH_WITHIN) -> faust.App:
-    app = faust_app(settings)  # configured as the processors' worker
+    app = faust_app(settings)
     ledger = app.topic(settings.topics.ledger, key_type=bytes, value_type=bytes,
                        partitions=settings.topics.partitions)
     counted = {"events": 0}

@@ -598,11 +598,10 @@ class Bench:
     # -- processors -----------------------------------------------------------------------
     def phase_processors_1(self) -> None:
         """processor_eps_per_worker: one real ``cxledger process`` worker started by
-        ``cxledger.pipeline.Pipeline.start_processors`` (a child process, the faust app of
-        ``processors.app``: decode, ledger check, all folds, derived events sent and
-        acknowledged, the changed state persisted to its changelog, faust's commits every
-        second)
-        on the pre-filled ledger topic. The clock runs from the consumer group being STABLE
+        ``cxledger.pipeline.Pipeline.start_processors`` (a child process, ``processors.app``:
+        decode, ledger check, all folds, derived events sent and acknowledged, the changed
+        state persisted to its changelog, the offsets committed after every batch) on the
+        pre-filled ledger topic. The clock runs from the consumer group being STABLE
         (the join is reported apart) until the group's committed offsets reach the end of
         every partition (polled every 0.2 s). Then the derived sink writes the worker's
         output into the store (its rate in ``details``), which replay and the dashboards use.
@@ -685,9 +684,9 @@ class Bench:
 
     # -- faust's ceiling and the librdkafka peer ------------------------------------------
     def phase_faust_null(self) -> None:
-        """faust_ceiling_eps: ``benchmarks.faust_null`` (the worker's faust app configuration,
-        an agent that only counts over ``stream.take_events`` of the same batch size, acks and
-        commits as usual) as a child process on the same topic; measured as the workers are."""
+        """faust_ceiling_eps: ``benchmarks.faust_null`` (faust consuming the ledger itself,
+        configured as a production worker, with an agent that only counts over
+        ``stream.take_events`` of the worker's batch size, acks and commits as usual) as a child process on the same topic; measured as the workers are."""
         settings = self.settings_for("faust-null")
         out = self._child_consumer(settings, "faust_null",
                                    python_module("benchmarks.faust_null", "--config",

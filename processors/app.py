@@ -1,28 +1,30 @@
-"""The faust-streaming worker: the ledger topic folded into derived topics.
+"""The processors' worker: the ledger topic folded into derived topics.
 
     cxledger process            # one worker; start more with the same settings to scale out
 
-Per batch (``stream.take_events``), in this order, which is the whole at-least-once story:
-  1. skip what the partition's state already holds (offsets below its ``position``: input
-     redelivered after a crash that came after the state was written);
+faust-streaming runs the worker (lifecycle, signals, logging, the live-clock and health
+timers); the ledger comes in through one librdkafka consumer in the processors' group
+(processors.source), and the derived events go out through a librdkafka producer.
+
+Per batch (``ProcessorSource.poll``: up to 10,000 messages or 0.2 s), in this order, which is
+the whole at-least-once story:
+  1. skip what the partition's state already holds (offsets below its ``position``);
   2. decode with our Avro codec; undecodable messages go to the dead-letter topic with the reason;
   3. fold each partition's records in offset order (processors.batch), drain what changed;
-  4. send the derived events as Avro to their topics and wait for the broker's acks (through
-     librdkafka: aiokafka's producer tops out near 11k messages/s on the local broker, and a
-     batch of backfill can derive more events than it folds). A batch whose events are not
-     acknowledged is sent again, with backoff, until they are: it is never acknowledged, and
-     never leaves state behind, before that;
+  4. send the derived events as Avro to their topics and wait for the broker's acks. A batch
+     whose events are not acknowledged is sent again, with backoff, until they are: it is never
+     committed, and never leaves state behind, before that;
   5. write the changed customer states, then each partition's own state (clock, windows, the
      ``position`` after the batch), to the compacted changelog (processors.changelog), and wait
      for the broker's acks;
-  6. return: faust acks the batch's events and commits their offsets on its interval.
+  6. commit the batch's offsets.
 A crash before 5 completes replays the batch from the state before it: derived event ids are
-deterministic and every sink deduplicates by id, so a replay changes nothing users see. A crash
-between 5 and the commit redelivers input the state already holds: step 1 skips it. A worker
+deterministic and every sink deduplicates by id, so a replay changes nothing users see. A worker
 given a partition reads its state back from the changelog as of the last partition record
-(``read_state``: a batch cut short by a crash does not count), and folds again from the ledger
-any input between that state's position and where its consumer starts. Hot state lives in
-memory as plain data; the changelog is written once per batch, read only on assignment.
+(``read_state``: a batch cut short by a crash does not count) and starts reading the partition
+at that state's position, whatever offset the group committed: nothing the state holds is
+folded twice, nothing after it is skipped. Hot state lives in memory as plain data; the
+changelog is written once per batch, read only on assignment.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ import ssl
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
@@ -47,10 +49,11 @@ from processors.batch import PartitionFolds, settle_heap, tune_gc_for_folds
 from processors.changelog import (changelog_topic, create_changelog_topic, read_state,
                                   state_records)
 from processors.derived import message_key
-from processors.hall_app import attach_hall_months
+from processors.hall_app import HallMonthsAgent
 from processors.ledger import live_clock_target
 from processors.rules import Rules, load_rules
-from confluent_kafka import Consumer, Producer, TopicPartition
+from processors.source import ProcessorSource
+from confluent_kafka import Producer
 
 from producers.sdk import PRODUCER_DEFAULTS, make_codec
 from schemas.codec import DecodeError
@@ -139,8 +142,10 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
 
 
 def faust_app(settings: Settings) -> faust.App:
-    """The processors' faust app as configured for production (the benchmarks' do-nothing
-    worker uses the same): raw bytes in and out, the state in our own changelog."""
+    """A faust app that consumes the ledger with faust's own consumer (aiokafka), configured as
+    a production worker would be: what the benchmark's do-nothing worker runs to measure
+    faust's ceiling (benchmarks/faust_null.py). The worker itself consumes through librdkafka
+    (``worker_app``, processors.source)."""
     bootstrap = ";".join(f"kafka://{b}" for b in settings.kafka_bootstrap.split(","))
     return faust.App(
         settings.topics.processors_app,
@@ -238,26 +243,20 @@ class DerivedProducer:
         return attempt + 1
 
 
-def read_ledger_range(settings: Settings, partition: int, start: int, end: int,
-                      timeout: float = 60.0) -> list[tuple[int, bytes | None, bytes]]:
-    """(offset, key, value) of the ledger partition's messages in [start, end), by assignment."""
-    consumer = Consumer(settings.kafka_conf(**{
-        "group.id": f"{settings.topics.processors_app}-catch-up-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-        "auto.offset.reset": "earliest"}))
-    try:
-        consumer.assign([TopicPartition(settings.topics.ledger, partition, start)])
-        out: list[tuple[int, bytes | None, bytes]] = []
-        deadline = time.monotonic() + timeout
-        while (not out or out[-1][0] < end - 1) and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, timeout=0.5):
-                if msg.error() is None and start <= msg.offset() < end:
-                    out.append((msg.offset(), msg.key(), msg.value()))
-        if not out or out[-1][0] < end - 1:
-            raise RuntimeError(f"could not read ledger partition {partition} offsets "
-                               f"{start}..{end - 1} within {timeout:.0f}s")
-        return out
-    finally:
-        consumer.close()
+class _RuntimeOnly(faust.App.BootStrategy):
+    """faust without its own Kafka clients or web server: the worker consumes through
+    processors.source and produces through DerivedProducer."""
+    enable_kafka = False
+    enable_web = False
+
+
+def worker_app(settings: Settings) -> faust.App:
+    """The worker's faust app: lifecycle, signals, logging and timers."""
+    app = faust.App(settings.topics.processors_app, store="memory://", web_enabled=False,
+                    datadir=os.path.join(tempfile.gettempdir(),
+                                         f"{settings.topics.processors_app}-faust"))
+    app.boot_strategy = _RuntimeOnly(app)
+    return app
 
 
 def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: int = 10000,
@@ -266,75 +265,127 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
     rules = rules or load_rules(settings.rules_path)
     metrics = metrics or process_metrics()
     group = settings.topics.processors_app
+    ledger_topic = settings.topics.ledger
     health = WorkerState()
     tune_gc_for_folds()
-    app = faust_app(settings)
+    app = worker_app(settings)
     codec = make_codec(settings)  # registry ids when a registry is configured
     folds = PartitionFolds(rules)
-    ledger = app.topic(settings.topics.ledger, key_type=bytes, value_type=bytes,
-                       partitions=settings.topics.partitions)
     producer = DerivedProducer(settings)
     create_changelog_topic(settings)
     state_topic = changelog_topic(settings)
-    restored: set[int] = set()
+    halls = HallMonthsAgent(settings, rules, codec)  # the second fold: hall months (halls.py)
 
     def dead_letter(msg_key, value, reason: str, partition: int, offset: int) -> None:
         value, headers = deadletter_message(value, reason, settings.topics.processors_app,
-                                            settings.topics.ledger, partition, offset)
+                                            ledger_topic, partition, offset)
         producer.send(settings.topics.deadletter, (msg_key or b"")[:1024] or None, value,
                       headers)
         log.warning("dead-lettered", partition=partition, offset=offset, reason=reason[:500])
         metrics.dead_letter(reason, group)
         metrics.events_out.labels(group, settings.topics.deadletter).inc()
 
-    # The folds are touched by the agent and by the live-clock timer, one at a time (this
-    # lock); the CPU-heavy steps (decoding, folding, encoding) run in a thread, so that the
-    # event loop keeps answering the group's heartbeats however long a batch takes.
+    # -- rebalancing: called from within source.poll, between two batches ----------------------
+    def assigned(partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Read each assigned ledger partition's state back from the changelog (in parallel)
+        and start reading the partition at its position: what the state holds is never read
+        again, and nothing after it is skipped, whatever offset the group committed."""
+        ledger = [p for t, p in partitions if t == ledger_topic]
+        starts: dict[tuple[str, int], int] = {}
+        with ThreadPoolExecutor(max(1, len(ledger))) as pool:
+            states = list(pool.map(lambda p: read_state(settings, p), ledger))
+        for partition, entries in zip(ledger, states):
+            fold = folds.restore(partition, entries)
+            log.info("partition state restored", partition=partition, keys=len(entries),
+                     position=fold.position)
+            if fold.position is not None:  # a state that does not say: the committed offset
+                starts[(ledger_topic, partition)] = fold.position
+        if any(t == halls.topic for t, _ in partitions):
+            halls.forget()  # read back before its first batch
+        health.assigned = frozenset(ledger)
+        return starts
+
+    def revoked(partitions: list[tuple[str, int]]) -> None:
+        for topic, partition in partitions:
+            if topic == ledger_topic:
+                folds.drop(partition)
+            elif topic == halls.topic:
+                halls.forget()
+        health.assigned = health.assigned - {p for t, p in partitions if t == ledger_topic}
+
+    source = ProcessorSource(settings, [ledger_topic, halls.topic], on_assign=assigned,
+                             on_revoke=revoked, batch_size=batch_size,
+                             batch_within=batch_within)
+
+    # The folds are touched by the poll loop (rebalancing included) and by the live-clock
+    # timer, one at a time (this lock); the CPU-heavy steps (decoding, folding, encoding) run
+    # in a thread, so that the event loop keeps its timers and health answers running however
+    # long a batch takes.
     folds_lock = asyncio.Lock()
 
-    def decode_batch(events) -> tuple[dict[int, list[dict[str, Any]]], dict[int, int]]:
+    def decode_batch(messages) -> tuple[dict[int, list[dict[str, Any]]], dict[int, int]]:
         """The batch's records per partition, and the offset after each partition's last
         message; what the state holds already is skipped, what cannot be folded dead-lettered."""
         batch: dict[int, list[dict[str, Any]]] = defaultdict(list)
         ends: dict[int, int] = {}
-        for event in events:
-            msg = event.message
-            partition = msg.partition
-            if msg.offset < folds.get(partition).position:
+        for msg in messages:
+            partition, offset = msg.partition(), msg.offset()
+            position = folds.get(partition).position
+            if position is not None and offset < position:
                 continue  # the state holds it already
-            ends[partition] = msg.offset + 1
+            ends[partition] = offset + 1
+            value, key = msg.value(), msg.key()
             try:
-                record, _ = codec.decode(msg.value)
+                record, _ = codec.decode(value)
             except DecodeError as exc:
-                dead_letter(msg.key, msg.value, str(exc), partition, msg.offset)
+                dead_letter(key, value, str(exc), partition, offset)
                 continue
-            refusal = ledger_refusal(record, msg.key)
+            refusal = ledger_refusal(record, key)
             if refusal:  # the ledger sink refuses it too: what is folded is what is stored
-                dead_letter(msg.key, msg.value, refusal, partition, msg.offset)
+                dead_letter(key, value, refusal, partition, offset)
                 continue
             batch[partition].append(record)
         return batch, ends
 
-    @app.agent(ledger)
-    async def fold_ledger(stream):
+    async def fold_ledger(messages) -> None:
+        started = time.monotonic()
         loop = asyncio.get_running_loop()
-        async for events in stream.take_events(batch_size, within=batch_within):
-            started = time.monotonic()
-            metrics.events_in.labels(group, settings.topics.ledger).inc(len(events))
-            async with folds_lock:
-                for partition in {event.message.partition for event in events} - restored:
-                    await recover(partition, min(e.message.offset for e in events
-                                                 if e.message.partition == partition))
-                batch, ends = await loop.run_in_executor(None, decode_batch, events)
-                if not ends:
-                    continue
-                derived = await loop.run_in_executor(None, folds.fold_batch, batch)
-                for partition, end in ends.items():
-                    folds.get(partition).position = end
-                await send_and_persist(derived, ends)  # acknowledged before the batch is acked
-                del derived
-            settle_heap()
-            metrics.processor_batch_seconds.observe(time.monotonic() - started)
+        metrics.events_in.labels(group, ledger_topic).inc(len(messages))
+        batch, ends = await loop.run_in_executor(None, decode_batch, messages)
+        if not ends:
+            return
+        derived = await loop.run_in_executor(None, folds.fold_batch, batch)
+        for partition, end in ends.items():
+            folds.get(partition).position = end
+        await send_and_persist(derived, ends)  # acknowledged before the batch is committed
+        del derived
+        metrics.processor_batch_seconds.observe(time.monotonic() - started)
+
+    @app.task
+    async def poll_and_fold() -> None:
+        """The worker's loop: poll a batch, fold it, commit it (module docstring)."""
+        try:
+            while True:
+                async with folds_lock:
+                    messages = await source.poll()
+                    if not messages:
+                        continue
+                    ledger = [m for m in messages if m.topic() == ledger_topic]
+                    if ledger:
+                        await fold_ledger(ledger)
+                    if len(ledger) < len(messages):
+                        await halls.fold([m for m in messages if m.topic() == halls.topic])
+                    ends = {(m.topic(), m.partition()): m.offset() + 1 for m in messages}
+                    del messages, ledger
+                    await source.commit(ends)
+                settle_heap()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the worker is of no use without its loop: stop it
+            log.exception("the worker's loop failed; stopping the worker", error=str(exc))
+            await app.crash(exc)
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, source.close)
 
     async def send_and_persist(derived: list[dict[str, Any]], partitions) -> None:
         """Send ``derived`` until acknowledged (never giving up: the batch must not be acked
@@ -377,75 +428,21 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
     if settings.live_clock:
         app.timer(interval=live_clock_interval)(advance_idle_clocks)
 
-    attach_hall_months(app, settings, rules, codec)  # the second fold: hall months (halls.py)
-
-    async def recover(partition: int, first_offset: int) -> None:
-        """Rebuild a newly assigned partition's fold from the changelog; if that state is
-        behind the first offset this worker is given, fold the gap from the ledger again."""
-        loop = asyncio.get_running_loop()
-        entries = await loop.run_in_executor(None, read_state, settings, partition)
-        fold = folds.restore(partition, entries)
-        restored.add(partition)
-        log.info("partition state restored", partition=partition, keys=len(entries),
-                 position=fold.position, first_offset=first_offset)
-        if fold.position is None:  # a state that does not say: trust the committed offset
-            fold.position = first_offset
-        if first_offset <= fold.position:
-            return
-        log.warning("state behind its input; folding the gap from the ledger again",
-                    partition=partition, start=fold.position, end=first_offset)
-        gap = await loop.run_in_executor(None, read_ledger_range, settings, partition,
-                                         fold.position, first_offset)
-        records = []
-        for offset, key, value in gap:
-            try:
-                record = codec.decode(value)[0]
-            except DecodeError:
-                continue  # dead-lettered when it was first seen
-            if ledger_refusal(record, key) is None:
-                records.append(record)
-        derived = folds.fold_batch({partition: records})
-        fold.position = first_offset
-        await send_and_persist(derived, [partition])
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender, revoked, **kwargs) -> None:
-        async with folds_lock:  # never in the middle of a batch or a clock move
-            for tp in revoked:
-                if tp.topic == settings.topics.ledger:
-                    folds.drop(tp.partition)
-                    restored.discard(tp.partition)
-        health.assigned = health.assigned - {tp.partition for tp in revoked
-                                             if tp.topic == settings.topics.ledger}
-
     # -- health and metrics (cxledger.health reads ``health``; nothing here touches a batch) ---
-    @app.on_partitions_assigned.connect
-    async def on_assigned(sender, assigned, **kwargs) -> None:
-        health.assigned = frozenset(tp.partition for tp in assigned
-                                    if tp.topic == settings.topics.ledger)
-
     @app.timer(interval=metrics_interval)
     async def sample_health() -> None:
         """The event loop turns (``last_tick``); each assigned partition's lag: its end (the
-        high watermark the consumer last fetched) less the position after the last batch this
-        worker folded, or the committed offset before the first one."""
+        high watermark the consumer last fetched) less the position of its state (restored on
+        assignment, moved by each batch); a partition that had no state has none until its
+        first batch."""
         health.last_tick = time.monotonic()
-        consumer = app.consumer
-        assigned = {tp for tp in consumer.assignment() if tp.topic == settings.topics.ledger}
-        health.assigned = frozenset(tp.partition for tp in assigned)
-        committed = getattr(consumer, "_committed_offset", {})
         lag = {}
-        for tp in assigned:
-            try:
-                end = consumer.highwater(tp)
-            except Exception:
-                end = None
-            fold = folds.folds.get(tp.partition)
+        for partition in health.assigned:
+            end = source.high_watermark(ledger_topic, partition)
+            fold = folds.folds.get(partition)
             position = fold.position if fold is not None else None
-            if position is None:
-                position = committed.get(tp)
-            if end is not None and end >= 0 and position is not None:
-                lag[tp.partition] = max(0, end - position)
+            if end is not None and position is not None:
+                lag[partition] = max(0, end - position)
         health.lag = lag
 
     def lag_values():

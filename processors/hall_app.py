@@ -1,23 +1,24 @@
-"""The hall-months fold in the live processors: a second faust agent of the processors' app.
+"""The hall-months fold in the live processors: the worker's second fold.
 
 The partition folds drain ``hall.survey_month_closed`` (a ledger partition's final SMS-survey
 partials of a month, processors.halls) to their topic, all under one message key
 (``processors.derived.HALL_MONTHS_KEY``), so one partition of that topic holds them all, in the
-order each ledger partition closed its months. This agent folds them with
+order each ledger partition closed its months. The worker polls that topic with the ledger
+(processors.source) and gives its messages to :class:`HallMonthsAgent`, which folds them with
 :class:`processors.halls.HallMonths` and sends what it decides
 (``hall.key_improvement_flagged`` / ``_cleared``) to their topic.
 
-Per batch, as the ledger agent does: decode (a fence or an undecodable message is skipped and
+Per batch, as the ledger fold does: decode (a fence or an undecodable message is skipped and
 logged), fold, send the decisions and wait for the broker's acknowledgement (again, with
 backoff, until it comes), then write the fold's whole state (small: the halls' streaks and the
 months not yet decided) to the compacted topic ``<app>-hall-months-changelog`` and wait for that
-acknowledgement; faust then acks the batch. A crash before the state is written folds the batch
+acknowledgement; the worker then commits the batch. A crash before the state is written folds the batch
 again from the previous state: the same decisions, the same ids, deduplicated by the sinks. A
 crash after it redelivers markers the state already holds: the fold ignores a marker of a month
 its partition already closed. A worker given the markers' partition reads the state back first.
 
 It has a producer of its own, so that its acknowledgements and retries never mix with the
-ledger agent's.
+ledger fold's.
 """
 
 from __future__ import annotations
@@ -72,60 +73,60 @@ def seed_hall_months_state(settings: Settings, fold: HallMonths, timeout: float 
         raise RuntimeError(f"could not write the hall-months state: {failures[:1] or 'timeout'}")
 
 
-def attach_hall_months(app, settings: Settings, rules: Rules, codec, *,
-                       batch_size: int = 1000, batch_within: float = 0.5) -> None:
-    """Add the hall-months agent to the processors' faust ``app``."""
-    from processors.app import DerivedProducer
+class HallMonthsAgent:
+    """The hall-months fold of a worker: ``fold(messages)`` for the closes' messages of a
+    batch (processors.app polls them with the ledger's); ``forget()`` when the partition moves
+    (the state is read back when it is given again)."""
 
-    topic_name = settings.topics.for_derived(MONTH_CLOSED)
-    topic = app.topic(topic_name, key_type=bytes, value_type=bytes,
-                      partitions=settings.topics.partitions)
-    create_state_topic(settings)
-    producer = DerivedProducer(settings)
-    holder: dict[str, HallMonths | None] = {"fold": None}
+    def __init__(self, settings: Settings, rules: Rules, codec):
+        from processors.app import DerivedProducer
 
-    deliver = producer.deliver  # every message acknowledged, or sent again
+        self.settings = settings
+        self.rules = rules
+        self.codec = codec
+        self.topic = settings.topics.for_derived(MONTH_CLOSED)
+        create_state_topic(settings)
+        self.producer = DerivedProducer(settings)
+        self._fold: HallMonths | None = None
 
-    async def restored() -> HallMonths:
-        fold = holder["fold"]
-        if fold is None:
+    def forget(self) -> None:
+        self._fold = None
+
+    async def restored(self) -> HallMonths:
+        if self._fold is None:
             loop = asyncio.get_running_loop()
-            plain = await loop.run_in_executor(None, read_hall_months_state, settings)
-            fold = HallMonths(rules, settings.topics.partitions)
+            plain = await loop.run_in_executor(None, read_hall_months_state, self.settings)
+            fold = HallMonths(self.rules, self.settings.topics.partitions)
             fold.restore(plain)
-            holder["fold"] = fold
+            self._fold = fold
             log.info("hall-months state restored", decided=fold.decided,
                      halls=len(fold.halls), flagged=len(fold.flagged_halls()))
-        return fold
+        return self._fold
 
-    async def fold_hall_months(stream):
-        async for events in stream.take_events(batch_size, within=batch_within):
-            fold = await restored()
-            records = []
-            for event in events:
-                value = event.message.value
-                if value is None:
-                    continue  # a position marker (cxledger.pipeline.fence)
-                try:
-                    records.append(codec.decode(value)[0])
-                except DecodeError as exc:
-                    log.warning("undecodable month close skipped", error=str(exc)[:300],
-                                partition=event.message.partition, offset=event.message.offset)
-            if not records:
-                continue
-            decided = fold.apply_all(records)
-            await deliver([(settings.topics.for_derived(d["event_type"]), message_key(d),
-                            codec.encode(d), None) for d in decided], "hall decisions")
-            await deliver([(state_topic(settings), STATE_KEY,
-                            json.dumps(fold.snapshot(), separators=(",", ":")).encode(), 0)],
-                          "hall-months state")
-            if decided:
-                log.info("hall months decided", through=fold.decided, events=len(decided))
-
-    fold_hall_months.__name__ = fold_hall_months.__qualname__ = "fold_hall_months"
-    app.agent(topic, name=f"{app.conf.id}.fold_hall_months")(fold_hall_months)
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender, revoked, **kwargs) -> None:
-        if any(tp.topic == topic_name for tp in revoked):
-            holder["fold"] = None  # read back from the state topic when given again
+    async def fold(self, messages) -> None:
+        """Fold a batch of the closes' messages (confluent-kafka ``Message``s, in offset
+        order); returns once the decisions and then the state are acknowledged."""
+        fold = await self.restored()
+        codec, records = self.codec, []
+        for msg in messages:
+            value = msg.value()
+            if value is None:
+                continue  # a position marker (cxledger.pipeline.fence)
+            try:
+                records.append(codec.decode(value)[0])
+            except DecodeError as exc:
+                log.warning("undecodable month close skipped", error=str(exc)[:300],
+                            partition=msg.partition(), offset=msg.offset())
+        if not records:
+            return
+        decided = fold.apply_all(records)
+        for_derived = self.settings.topics.for_derived
+        await self.producer.deliver([(for_derived(d["event_type"]), message_key(d),
+                                      codec.encode(d), None) for d in decided],
+                                    "hall decisions")
+        await self.producer.deliver(
+            [(state_topic(self.settings), STATE_KEY,
+              json.dumps(fold.snapshot(), separators=(",", ":")).encode(), 0)],
+            "hall-months state")
+        if decided:
+            log.info("hall months decided", through=fold.decided, events=len(decided))

