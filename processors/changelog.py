@@ -29,7 +29,6 @@ worker starts.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Iterable
@@ -39,8 +38,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cxledger.config import Settings
-from processors.batch import (PARTITION_STATE_KEY, PartitionFolds, encode_state, state_key,
-                              window_state_key)
+from processors.batch import (PARTITION_STATE_KEY, PartitionFolds, decode_state, encode_state,
+                              state_key, window_state_key)
 
 log = structlog.get_logger("cxledger.processors")
 
@@ -206,13 +205,13 @@ def consistent_state(partition: int, records: Iterable[tuple[str, bytes | None]]
         elif value is None:  # deleted (a window row closed for good)
             versions.pop(key, None)
         else:
-            versions.setdefault(key, []).append((json.loads(value).get("pos", 0), value))
+            versions.setdefault(key, []).append((decode_state(value).get("pos", 0), value))
     if partition_record is None:
         return []
-    position = json.loads(partition_record).get("position")
+    position = decode_state(partition_record).get("position")
     entries = [(state_key(partition, PARTITION_STATE_KEY), partition_record)]
     for key, history in versions.items():
         usable = [value for pos, value in history if position is None or pos <= position]
-        if usable and not json.loads(usable[-1]).get("forgotten"):
+        if usable and not decode_state(usable[-1]).get("forgotten"):
             entries.append((key, usable[-1]))
     return entries

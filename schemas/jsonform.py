@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 TIME_FIELDS = ("occurred_at", "deadline", "window_start")
 
 
@@ -27,5 +29,18 @@ def to_json_form(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def dumps(record: dict[str, Any]) -> str:
-    """Compact JSON text of the event in its JSON form (what ledger_events.payload holds)."""
-    return json.dumps(to_json_form(record), ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON text of the event in its JSON form (what ledger_events.payload holds).
+
+    orjson, a third of the json module's time; the two differ only in how they write some
+    floats (``0.00001`` against ``1e-05``), so texts are compared as values
+    (``same_payload``), not byte for byte."""
+    try:
+        return orjson.dumps(to_json_form(record)).decode()
+    except TypeError:  # an integer beyond 64 bits
+        return json.dumps(to_json_form(record), ensure_ascii=False, separators=(",", ":"))
+
+
+def same_payload(a: str, b: str) -> bool:
+    """Whether two payload texts hold the same event (equal text, or equal once parsed: a
+    payload written by an earlier release may format a float differently)."""
+    return a == b or json.loads(a) == json.loads(b)

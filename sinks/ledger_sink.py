@@ -18,7 +18,7 @@ from clickhouse_connect.driver.client import Client
 
 from cxledger.config import LEDGER_SINK_GROUP, Settings
 from schemas.codec import WireCodec
-from schemas.jsonform import dumps
+from schemas.jsonform import dumps, same_payload
 from schemas.validation import ledger_refusal
 from sinks.kafka_sink import ClickHouseSink
 
@@ -66,7 +66,7 @@ def keep_first_version(client: Client, table: str, columns: tuple[str, ...],
         if earlier is None:
             first[event_id] = payload
             kept.append(index)
-        elif earlier != payload:
+        elif not same_payload(earlier, payload):
             refused.append((index, f"event_id conflict: {event_id} is already in the ledger "
                                    "with other content; the ledger keeps the first version"))
     return kept, refused
