@@ -3,9 +3,11 @@
 The stack is ``cxledger up --workers N`` (``--freshness-workers``, default 1) on an empty store
 in a temporary directory (its own local broker, sinks, query endpoint, the faust workers with
 the live clock, the gateway), run as users run it. Traffic:
-``producers.simulator.simulate_live`` at ``rate`` events/s, paced on each event's
-``occurred_at`` (event time is wall time), published with the SDK (``LedgerProducer``:
-validation, Avro, librdkafka, not waiting for acknowledgements in between). After ``warmup`` seconds of traffic, the probes start: ``probe_rate`` times a second
+``producers.simulator.simulate_live`` at ``rate`` events/s, simulated before the clock starts
+(so the generator does not take the stack's cores), paced on each event's ``occurred_at`` (event
+time is wall time), published with the SDK (``LedgerProducer``: validation, Avro, librdkafka,
+not waiting for acknowledgements in between). After ``warmup`` seconds of traffic, the probes
+start: ``probe_rate`` times a second
 one of the simulated events is replaced by a ``survey.responded`` of a simulated customer with
 a survey id of our own, stamped now, so the total rate stays ``rate``.
 
@@ -147,6 +149,16 @@ def measure(workdir: Path, *, rate: float = 5_000.0, seconds: float = 60.0,
         say(f"  cxledger up stopped in {time.monotonic() - stopping_at:.1f}s (exit {code})")
 
 
+def _simulation_seconds(rate: float, seconds: float, seed: int) -> float:
+    """How long simulating ``seconds`` of traffic at ``rate`` takes here (timed on one second
+    of it, with a margin), plus one second."""
+    from producers.simulator import simulate_live
+
+    started = time.perf_counter()
+    sum(1 for _ in simulate_live(rate, 1.0, seed=seed + 1))
+    return 1.0 + 1.5 * seconds * (time.perf_counter() - started)
+
+
 def _traffic(record, store: Path, rate: float, seconds: float, warmup: float,
              probe_rate: float, poll_s: float, grace: float, seed: int) -> dict[str, Any]:
     from cxledger.config import load_settings
@@ -165,12 +177,18 @@ def _traffic(record, store: Path, rate: float, seconds: float, warmup: float,
         last_customer = (template["customer_id"], template["city"])
         total = warmup + seconds
         probe_every = 1.0 / probe_rate
+        # The traffic is simulated before it is sent, stamped from a start time just after the
+        # simulation will have finished: the load generator's own work then does not compete
+        # with the stack for these cores while it is measured (only the SDK's publishing does,
+        # as a channel's would).
+        t0 = time.time() + _simulation_seconds(rate, total, seed)
+        traffic = list(simulate_live(rate, total, seed=seed, now=lambda: t0))
         with LedgerProducer(settings) as producer:
-            t0 = time.time()
+            time.sleep(max(0.0, t0 - time.time()))
             probe_from = t0 + warmup
             next_probe = probe_from
             end = t0 + total
-            for event in simulate_live(rate, total, seed=seed, now=lambda: t0):
+            for event in traffic:
                 due = datetime.fromisoformat(event["occurred_at"]).timestamp()
                 now = time.time()
                 if due - now > 0.002:
