@@ -292,7 +292,7 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
         again, and nothing after it is skipped, whatever offset the group committed."""
         ledger = [p for t, p in partitions if t == ledger_topic]
         starts: dict[tuple[str, int], int] = {}
-        with ThreadPoolExecutor(max(1, len(ledger))) as pool:
+        with ThreadPoolExecutor(min(8, max(1, len(ledger)))) as pool:
             states = list(pool.map(lambda p: read_state(settings, p), ledger))
         for partition, entries in zip(ledger, states):
             fold = folds.restore(partition, entries)
