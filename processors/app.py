@@ -388,7 +388,7 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
             await asyncio.get_running_loop().run_in_executor(None, source.close)
 
     async def send_and_persist(derived: list[dict[str, Any]], partitions) -> None:
-        """Send ``derived`` until acknowledged (never giving up: the batch must not be acked
+        """Send ``derived`` until acknowledged (never giving up: the batch must not be committed
         without them), then the changed state of ``partitions`` to the changelog, likewise."""
         topic_for = settings.topics.for_derived
         loop = asyncio.get_running_loop()

@@ -12,10 +12,11 @@ Per batch, as the ledger fold does: decode (a fence or an undecodable message is
 logged), fold, send the decisions and wait for the broker's acknowledgement (again, with
 backoff, until it comes), then write the fold's whole state (small: the halls' streaks and the
 months not yet decided) to the compacted topic ``<app>-hall-months-changelog`` and wait for that
-acknowledgement; the worker then commits the batch. A crash before the state is written folds the batch
-again from the previous state: the same decisions, the same ids, deduplicated by the sinks. A
-crash after it redelivers markers the state already holds: the fold ignores a marker of a month
-its partition already closed. A worker given the markers' partition reads the state back first.
+acknowledgement; the worker then commits the batch. A crash before the state is written folds
+the batch again from the previous state: the same decisions, the same ids, deduplicated by the
+sinks. A crash after it redelivers markers the state already holds: the fold ignores a marker
+of a month its partition already closed. A worker given the markers' partition reads the state
+back first.
 
 It has a producer of its own, so that its acknowledgements and retries never mix with the
 ledger fold's.
