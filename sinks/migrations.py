@@ -88,6 +88,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", ("ledger.sql", "derived.sql", "views.sql")),
     Migration(2, "service_halls", ("migrations/0002_service_halls.sql",)),
     Migration(3, "hall_tables", ("migrations/0003_hall_tables.sql",)),
+    Migration(4, "dashboard_views", ("migrations/0004_dashboard_views.sql",)),
 )
 
 # Distributed tables' sharding keys (cluster DDL). Every version of a ReplacingMergeTree row must

@@ -362,7 +362,7 @@ def test_the_hall_tables_hold_the_stored_hall_events_and_every_later_one(databas
 
     parsed = views()  # migration 2's views: the whole ledger read, its JSON parsed
     assert all(parsed)
-    report = migrate(client)
+    report = migrate(client, migrations=MIGRATIONS[:3])
     assert report.applied == [3]
     assert views() == parsed  # the stored events, copied into the typed tables
     client.insert("ledger_events", later, column_names=list(LEDGER_COLUMNS))
@@ -376,4 +376,46 @@ def test_the_hall_tables_hold_the_stored_hall_events_and_every_later_one(databas
     assert "JSONExtract" not in client.query(
         "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() "
         "AND name = 'hall_visits'").result_rows[0][0]
-    assert migrate(client).applied == []
+    assert migrate(client, migrations=MIGRATIONS[:3]).applied == []
+
+
+def test_the_faster_dashboard_views_give_the_same_rows(database):
+    """Migration 4 defines contact_volume_hourly, incident_tags and hall_metrics_monthly anew
+    (for speed): on a folded ledger with incidents, one of them still open, every row is the
+    same as migration 3's, and the hall league over hall_metrics_monthly too."""
+    from processors.batch import PartitionFolds
+    from processors.rules import load_rules
+    from producers.simulator import simulate
+    from schemas.validation import normalize_event
+    from sinks.derived_sink import derived_row
+    from sinks.ledger_sink import LEDGER_COLUMNS, ledger_row
+
+    _, client = database("t_dash")
+    migrate(client, migrations=MIGRATIONS[:3])
+    records = [normalize_event(e, now_ms=4_000_000_000_000) for e in simulate(6_000, seed=5)]
+    resolved = [r for r in records if r["event_type"] == "incident.resolved"]
+    assert len(resolved) >= 2
+    records.remove(resolved[-1])  # that incident is still open
+    client.insert("ledger_events", [ledger_row(r, 1, 0, i) for i, r in enumerate(records)],
+                  column_names=list(LEDGER_COLUMNS))
+    derived: dict[tuple[str, tuple[str, ...]], list[list]] = {}
+    for record in PartitionFolds(load_rules(), 1).fold_batch({0: records}):
+        if (mapped := derived_row(record)) is not None:
+            table, columns, row = mapped
+            derived.setdefault((table, columns), []).append(row)
+    for (table, columns), rows in derived.items():
+        client.insert(table, rows, column_names=list(columns))
+
+    def views() -> dict[str, list]:
+        return {view: client.query(f"SELECT * FROM {view} ORDER BY ALL").result_rows
+                for view in ("contact_volume_hourly", "incident_tags", "hall_metrics_monthly",
+                             "hall_league_monthly")}
+
+    before = views()
+    assert all(before[view] for view in ("contact_volume_hourly", "incident_tags",
+                                         "hall_metrics_monthly"))
+    assert {row[0] for row in before["incident_tags"]} <= {
+        r["incident_id"] for r in records if r["event_type"] == "incident.detected"}
+    assert any(row[4] for row in before["contact_volume_hourly"])  # hours with incidents open
+    assert migrate(client).applied == [4]
+    assert views() == before
