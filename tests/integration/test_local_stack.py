@@ -16,10 +16,17 @@ from tests.stack_driver import descendants, wait_gone
 pytestmark = pytest.mark.integration
 
 
+def _as_from_a_terminal() -> None:
+    """SIGINT as a terminal leaves it. A shell starts a background job with SIGINT ignored, and
+    that is inherited: a test suite run as one would start the demo deaf to Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_demo(tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
     demo = subprocess.Popen([sys.executable, "-m", "cxledger.cli", "demo", "--events", "400000",
                              "--store", str(tmp_path / "store")], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=_as_from_a_terminal)
     deadline = time.monotonic() + 60
     kids: list[int] = []
     while len(kids) < 2 and time.monotonic() < deadline:  # the broker and a worker
