@@ -149,13 +149,13 @@ def replay(client: Client, rules: Rules, show_progress: bool = True, *,
     with tqdm(total=total, desc="replaying", unit="ev", disable=not show_progress,
               leave=False) as bar:
         for page in ledger_pages(client):
-            derived_count += _write(scratch, folds.fold_batch(page))
+            derived_count += write_derived(scratch, folds.fold_batch(page))
             n = sum(len(records) for records in page.values())
             events += n
             bar.update(n)
             settle_heap()
     if live_clock_ms is not None:
-        derived_count += _write(scratch, advance_live_clocks(folds, live_clock_ms))
+        derived_count += write_derived(scratch, advance_live_clocks(folds, live_clock_ms))
     live_db = ""
     if scratch is not client:
         copy_live_tables(client, scratch)
@@ -213,7 +213,10 @@ def repair(client: Client, report: ReplayReport) -> dict[str, tuple[int, int]]:
     return changed
 
 
-def _write(client: Client, derived: list[dict[str, Any]]) -> int:
+def write_derived(client: Client, derived: list[dict[str, Any]],
+                  database: str = REPLAY_DB) -> int:
+    """Insert derived events as the derived sink maps them, into the tables of ``database``
+    (the replay tables by default; "" for the client's own database). Returns their count."""
     rows: dict[tuple[str, tuple[str, ...]], list[list[Any]]] = defaultdict(list)
     for record in derived:
         mapped = derived_row(record)
@@ -221,7 +224,8 @@ def _write(client: Client, derived: list[dict[str, Any]]) -> int:
             table, columns, row = mapped
             rows[(table, columns)].append(row)
     for (table, columns), table_rows in rows.items():
-        client.insert(f"{REPLAY_DB}.{table}", table_rows, column_names=list(columns))
+        client.insert(f"{database}.{table}" if database else table, table_rows,
+                      column_names=list(columns))
     return len(derived)
 
 

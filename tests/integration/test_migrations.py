@@ -387,8 +387,8 @@ def test_the_faster_dashboard_views_give_the_same_rows(database):
     from processors.rules import load_rules
     from producers.simulator import simulate
     from schemas.validation import normalize_event
-    from sinks.derived_sink import derived_row
     from sinks.ledger_sink import LEDGER_COLUMNS, ledger_row
+    from sinks.replay import write_derived
 
     _, client = database("t_dash")
     migrate(client, migrations=MIGRATIONS[:3])
@@ -398,13 +398,7 @@ def test_the_faster_dashboard_views_give_the_same_rows(database):
     records.remove(resolved[-1])  # that incident is still open
     client.insert("ledger_events", [ledger_row(r, 1, 0, i) for i, r in enumerate(records)],
                   column_names=list(LEDGER_COLUMNS))
-    derived: dict[tuple[str, tuple[str, ...]], list[list]] = {}
-    for record in PartitionFolds(load_rules(), 1).fold_batch({0: records}):
-        if (mapped := derived_row(record)) is not None:
-            table, columns, row = mapped
-            derived.setdefault((table, columns), []).append(row)
-    for (table, columns), rows in derived.items():
-        client.insert(table, rows, column_names=list(columns))
+    write_derived(client, PartitionFolds(load_rules(), 1).fold_batch({0: records}), database="")
 
     def views() -> dict[str, list]:
         return {view: client.query(f"SELECT * FROM {view} ORDER BY ALL").result_rows

@@ -66,8 +66,9 @@ REVIEWED = {
         "derived table names and LIVE_COPY_DB: constant identifiers of ours",
     ("sinks/replay.py", "repair"):
         "our table names and their sorting key as the store reports it for our own DDL",
-    ("sinks/replay.py", "_write"):
-        "client.insert into REPLAY_DB tables of ours; rows go as data",
+    ("sinks/replay.py", "write_derived"):
+        "client.insert into derived tables of ours, in REPLAY_DB or the client's database (its "
+        "callers pass those constants); rows go as data",
     ("sinks/replay.py", "compare"):
         "our table names only",
 }
