@@ -53,6 +53,10 @@ REVIEWED = {
         "from the rules file, formatted by view_params",
     ("sinks/kafka_sink.py", "_insert_isolating"):
         "client.insert(table, rows): rows are sent as data; table is one of our table names",
+    ("sinks/ledger_sink.py", "keep_first_version"):
+        "_stored_versions_query writes event ids into a string literal only when every one "
+        "matched the canonical UUID form (hex digits and dashes: nothing to quote); else they "
+        "are bound",
     ("sinks/migrations.py", "_scalar"):
         "runs the module's constant queries with parameters bound",
     ("sinks/migrations.py", "applied_migrations"):
@@ -125,3 +129,16 @@ def test_the_identifiers_put_into_sql_are_identifiers():
     except ImportError:
         pass
     assert all(re.fullmatch(r"[a-z_][a-z0-9_]*", n) for n in names), names
+
+
+def test_event_ids_are_written_into_sql_only_in_canonical_form():
+    from sinks.ledger_sink import _stored_versions_query
+
+    ids = ["0b6f7e64-3b7c-4c1e-9a57-2f1c9d3e8a10", "7d9b2c4e-1f3a-4b5c-8d6e-9f0a1b2c3d4e"]
+    sql, parameters = _stored_versions_query(ids)
+    assert f"'{ids[0]},{ids[1]}'" in sql and parameters == {}
+    for hostile in ("0b6f7e64-3b7c-4c1e-9a57-2f1c9d3e8a10') OR 1=1 --",
+                    "0B6F7E64-3B7C-4C1E-9A57-2F1C9D3E8A10"):
+        sql, parameters = _stored_versions_query([ids[0], hostile])
+        assert hostile not in sql and "{ids:Array(UUID)}" in sql
+        assert parameters == {"ids": [ids[0], hostile]}
