@@ -1,10 +1,11 @@
 """Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro body.
 
 The bodies are written and read with cavro (Avro in Cython, about twice fastavro's speed on our
-events, byte for byte the same output: tests/unit/test_codec.py holds it to that), one compiled
-schema per event type. A message written with an older version of a type's schema is read with
-fastavro, which resolves it to the latest version (schema evolution is rare; speed there is not
-the point).
+events, byte for byte the same output: tests/unit/test_codec.py holds both to that), one
+compiled schema per event type. cavro has wheels for x86-64 only and up to Python 3.12
+(pyproject.toml installs it there); elsewhere fastavro does the same work. A message written
+with an older version of a type's schema is read with fastavro, which resolves it to the latest
+version (schema evolution is rare; speed there is not the point).
 
 Schema ids: every process must map ids to schemas the same way (all with the same registry, or
 all with ``schemas/ids.json``). Every schema starts with the envelope fields ``event_id`` and
@@ -27,8 +28,12 @@ import io
 import struct
 from typing import Any, Protocol
 
-import cavro
 import fastavro
+
+try:
+    import cavro
+except ImportError:  # no cavro wheel for this platform: fastavro writes and reads the bodies
+    cavro = None
 
 from schemas.catalogue import Catalogue, default_catalogue
 
@@ -37,13 +42,6 @@ _HEADER = struct.Struct(">bI")
 # Logical types whose Python conversion we skip when reading: the record form keeps the
 # underlying long (epoch millis) and string (uuid). Decimal is kept: money stays exact.
 _RAW_LOGICAL = {"timestamp-millis", "timestamp-micros", "uuid"}
-# cavro as fastavro behaves: records are dicts both ways, a field missing from the record takes
-# its default or, in a union with null, null.
-_CAVRO = cavro.DEFAULT_OPTIONS.replace(record_decodes_to_dict=True,
-                                       missing_values_can_be_null=True)
-# One byte more after a record: reading it must hit the end of the message (a trailing-bytes
-# check; cavro itself stops after the record).
-_ONE_BYTE = cavro.Schema({"type": "fixed", "name": "one_byte", "size": 1}, _CAVRO)
 
 
 class DecodeError(ValueError):
@@ -141,26 +139,54 @@ def _reading_schema(definition: dict[str, Any]) -> dict[str, Any]:
     return fastavro.parse_schema(_strip_logical(copy.deepcopy(definition)))
 
 
-def _compiled(definition: dict[str, Any]) -> cavro.Schema:
-    """The schema for cavro, in record form (timestamps as longs, uuids as strings)."""
-    return cavro.Schema(_strip_logical(copy.deepcopy(definition)), _CAVRO)
+class FastavroBody:
+    """A record schema's Avro bodies with fastavro; ``resolve``: the schema to read into when
+    the body was written with another version."""
+
+    def __init__(self, definition: dict[str, Any], resolve: dict[str, Any] | None = None):
+        self.schema = _reading_schema(definition)
+        self.resolve = _reading_schema(resolve) if resolve is not None else None
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, self.schema, record)
+        return buf.getvalue()
+
+    def read(self, data: bytes) -> tuple[dict[str, Any], int]:
+        """(record, bytes left after it) of a framed message's body."""
+        buf = io.BytesIO(data)
+        buf.seek(5)
+        record = fastavro.schemaless_reader(buf, self.schema, self.resolve)
+        return record, len(data) - buf.tell()
 
 
-def _read(data: bytes, writer: Any, resolve: dict[str, Any] | None) -> tuple[dict[str, Any], int]:
-    """(record, number of bytes left after it) of a framed message's body."""
-    if resolve is None:
+class CavroBody:
+    """A record schema's Avro bodies with cavro, in record form (timestamps as longs, uuids as
+    strings), as fastavro behaves: records are dicts both ways, a field missing from the record
+    takes its default or, in a union with null, null."""
+
+    def __init__(self, definition: dict[str, Any]):
+        options = cavro.DEFAULT_OPTIONS.replace(record_decodes_to_dict=True,
+                                                missing_values_can_be_null=True)
+        self.schema = cavro.Schema(_strip_logical(copy.deepcopy(definition)), options)
+        # one byte more after the record must hit the end of the message (cavro stops after it)
+        self.one_byte = cavro.Schema({"type": "fixed", "name": "one_byte", "size": 1}, options)
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        return self.schema.binary_encode(record)
+
+    def read(self, data: bytes) -> tuple[dict[str, Any], int]:
         reader = cavro.MemoryReader(memoryview(data)[5:])
-        record = writer.binary_read(reader)
+        record = self.schema.binary_read(reader)
         try:
-            _ONE_BYTE.binary_read(reader)
+            self.one_byte.binary_read(reader)
         except EOFError:
             return record, 0
-        left = len(data) - 5 - len(writer.binary_encode(record))
-        return record, max(left, 1)
-    buf = io.BytesIO(data)
-    buf.seek(5)
-    record = fastavro.schemaless_reader(buf, writer, resolve)
-    return record, len(data) - buf.tell()
+        return record, max(1, len(data) - 5 - len(self.schema.binary_encode(record)))
+
+
+#: What writes and reads the bodies of the latest schema versions.
+Body = CavroBody if cavro is not None else FastavroBody
 
 
 class WireCodec:
@@ -169,32 +195,32 @@ class WireCodec:
     def __init__(self, ids: SchemaIds | None = None, catalogue: Catalogue | None = None):
         self.catalogue = catalogue or default_catalogue()
         self.ids = ids or CatalogueIds(self.catalogue)
-        self._writers: dict[str, tuple[bytes, cavro.Schema]] = {}
-        # schema id -> (event type, the writer's schema: cavro's when it is the latest version
-        # of its type, else fastavro's, and then the latest version's to resolve to)
-        self._readers: dict[int, tuple[str, Any, dict[str, Any] | None]] = {}
+        self._writers: dict[str, tuple[bytes, Any]] = {}
+        # schema id -> (event type, its body reader: ``Body`` when the id is the latest version
+        # of its type, else fastavro resolving it to the latest)
+        self._readers: dict[int, tuple[str, Any]] = {}
 
     # -- encoding -------------------------------------------------------------------------
-    def _writer(self, event_type: str) -> tuple[bytes, cavro.Schema]:
+    def _writer(self, event_type: str) -> tuple[bytes, Any]:
         writer = self._writers.get(event_type)
         if writer is None:
             schema_id = self.ids.writer_id(event_type)
             writer = (_HEADER.pack(MAGIC, schema_id),
-                      _compiled(self.catalogue.latest(event_type).definition))
+                      Body(self.catalogue.latest(event_type).definition))
             self._writers[event_type] = writer
         return writer
 
     def encode(self, record: dict[str, Any]) -> bytes:
-        """Framed Avro of a record; a value its schema cannot hold raises ValueError naming the
-        field (cavro's ``InvalidValue``)."""
-        header, schema = self._writer(record["event_type"])
-        return header + schema.binary_encode(record)
+        """Framed Avro of a record; a value its schema cannot hold raises ValueError (cavro) or
+        TypeError (fastavro) naming the field."""
+        header, body = self._writer(record["event_type"])
+        return header + body.encode(record)
 
     def schema_id_for(self, event_type: str) -> int:
         return self.ids.writer_id(event_type)
 
     # -- decoding -------------------------------------------------------------------------
-    def _reader(self, schema_id: int) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    def _reader(self, schema_id: int) -> tuple[str, Any]:
         reader = self._readers.get(schema_id)
         if reader is None:
             try:
@@ -203,10 +229,9 @@ class WireCodec:
                 raise DecodeError(f"unknown schema id {schema_id}") from None
             latest = self.catalogue.versions.get(event_type)
             if latest and latest[-1].definition != definition:
-                reader = (event_type, _reading_schema(definition),
-                          _reading_schema(latest[-1].definition))
+                reader = (event_type, FastavroBody(definition, latest[-1].definition))
             else:
-                reader = (event_type, _compiled(definition), None)
+                reader = (event_type, Body(definition))
             self._readers[schema_id] = reader
         return reader
 
@@ -218,12 +243,12 @@ class WireCodec:
         if magic != MAGIC:
             raise DecodeError(f"bad magic byte {magic} (expected 0: Confluent wire format)")
         try:
-            event_type, writer, reader = self._reader(schema_id)
+            event_type, body = self._reader(schema_id)
         except DecodeError:
             raise DecodeError(self.framing_problem(data) or f"unknown schema id {schema_id}"
                               ) from None
         try:
-            record, trailing = _read(data, writer, reader)
+            record, trailing = body.read(data)
         except Exception as exc:  # EOFError, ValueError, IndexError, UnicodeDecodeError...
             raise DecodeError(self.framing_problem(data) or
                               f"schema id {schema_id}: Avro body does not decode: {exc!r}") from exc
@@ -249,7 +274,7 @@ class WireCodec:
         if body_type is None or body_type not in self.catalogue.versions:
             return None
         try:
-            mapped, _, _ = self._reader(schema_id)
+            mapped, _ = self._reader(schema_id)
         except DecodeError:
             mapped = None
         if mapped == body_type:
