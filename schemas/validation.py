@@ -789,7 +789,8 @@ def ledger_refusal(record: dict[str, Any], key: bytes | None) -> str | None:
 # because the general path's per-field calls and lookups were most of the producer's and the
 # ledger sink's time; tests/unit/test_validation_fast_path.py checks that both paths agree.
 
-_UUID_FORM = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: A UUID in canonical form (lower-case hex digits and dashes): what validation lets through.
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Matches where any of the personal-data patterns matches (the exact test behind _PII_HINT).
 _ANY_PII = re.compile("|".join(f"(?:{p.pattern})" for _, _, p in _PII_PATTERNS))
 
@@ -860,7 +861,7 @@ def _fast_path_parts(event_type: str, catalogue: Catalogue) -> tuple[str, dict[s
     plan = _plan(event_type, catalogue)
     ns: dict[str, Any] = {
         "NAMES": frozenset(p[0] for p in plan), "_uuid4": uuid.uuid4,
-        "_UUID_FORM": _UUID_FORM.fullmatch, "_TEXT_FORBIDDEN": _TEXT_FORBIDDEN.search,
+        "_UUID_FORM": CANONICAL_UUID.fullmatch, "_TEXT_FORBIDDEN": _TEXT_FORBIDDEN.search,
         "_PII_HINT": _PII_HINT.search, "_ANY_PII": _ANY_PII.search,
         "_NAME_HINT": _NAME_HINT.search, "_INF": math.inf, "_check_values": _check_values,
         "EventValidationError": EventValidationError, "EVENT_TYPE": event_type}

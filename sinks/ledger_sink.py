@@ -12,7 +12,6 @@ letter with the reason ``event_id conflict``.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Iterable
 
 from clickhouse_connect.driver.client import Client
@@ -20,7 +19,7 @@ from clickhouse_connect.driver.client import Client
 from cxledger.config import LEDGER_SINK_GROUP, Settings
 from schemas.codec import WireCodec
 from schemas.jsonform import dumps, same_payload
-from schemas.validation import ledger_refusal
+from schemas.validation import CANONICAL_UUID, ledger_refusal
 from sinks.kafka_sink import ClickHouseSink
 
 LEDGER_TABLE = "ledger_events"
@@ -48,16 +47,13 @@ _ID = LEDGER_COLUMNS.index("event_id")
 _PAYLOAD = LEDGER_COLUMNS.index("payload")
 
 
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
 def _stored_versions_query(ids: list[str]) -> tuple[str, dict[str, Any]]:
     """The query for the stored payload of each of ``ids``. Canonical UUIDs (hex digits and
     dashes, nothing to quote or escape: what validation lets through) are written into it as
     one string literal that the engine splits: clickhouse-connect binding them escaped each id
     character by character in Python, a seventh of the sink's time, and 10,000 literals take
     the parser twice as long as one. Anything else is bound as a parameter."""
-    if all(map(_CANONICAL_UUID.fullmatch, ids)):
+    if all(map(CANONICAL_UUID.fullmatch, ids)):
         return ("SELECT toString(event_id), any(payload) FROM ledger_events "
                 "WHERE event_id IN (SELECT toUUID(arrayJoin(splitByChar(',', "
                 f"'{','.join(ids)}')))) GROUP BY event_id"), {}
