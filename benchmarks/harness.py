@@ -681,13 +681,16 @@ class Bench:
         finally:
             sink.close()
         derived = sink.stats.written
+        messages = sink.stats.consumed  # window partials travel many to a message
         n = sum(self.targets.values())
         self.run.figures["derived_per_ledger_event"] = round(derived / n, 3)
         self.run.details["derived_sink"] = {
-            "derived_events": derived, "seconds_incl_join": round(seconds, 2),
-            "eps_incl_join": round(derived / seconds)}
+            "derived_events": derived, "messages": messages,
+            "messages_per_ledger_event": round(messages / n, 3),
+            "seconds_incl_join": round(seconds, 2), "eps_incl_join": round(derived / seconds)}
         self.say(f"  derived sink: {derived:,} derived events ({derived / n:.2f} per ledger "
-                 f"event) stored in {seconds:.1f}s")
+                 f"event, in {messages / n:.2f} messages per ledger event) stored in "
+                 f"{seconds:.1f}s")
 
     # -- faust's ceiling and the librdkafka peer ------------------------------------------
     def phase_faust_null(self) -> None:

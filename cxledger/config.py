@@ -108,6 +108,7 @@ LEDGER_SINK_GROUP = "cxledger-ledger-sink"
 DERIVED_TOPIC_OF = {
     "satisfaction.scored": "satisfaction_scores",
     "satisfaction.window_updated": "satisfaction_windows",
+    "satisfaction.windows_updated": "satisfaction_windows",  # the worker's batches of them
     "complaint.sla_breached": "complaint_breaches",
     "complaint.state_changed": "complaint_state",
     "churn.risk_changed": "churn_risk",

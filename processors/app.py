@@ -53,6 +53,7 @@ from processors.hall_app import HallMonthsAgent
 from processors.ledger import live_clock_target
 from processors.rules import Rules, load_rules
 from processors.source import ProcessorSource
+from processors.window_batches import pack_window_partials
 from confluent_kafka import Producer
 
 from producers.sdk import PRODUCER_DEFAULTS, make_codec
@@ -396,9 +397,9 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
         topic_for = settings.topics.for_derived
         loop = asyncio.get_running_loop()
 
-        def encode_derived():
+        def encode_derived():  # the window partials of a drain in few messages
             return [(topic_for(record["event_type"]), message_key(record), codec.encode(record),
-                     None) for record in derived]
+                     None) for record in pack_window_partials(derived)]
 
         def encode_state():
             return [(state_topic, key.encode(), value, partition)

@@ -13,6 +13,7 @@ ids included (domain.md, "The ledger"), so a derived ``event_id`` is
 | tier.changed                |   customer_id, the billing event's event_id)                 |
 | satisfaction.window_updated | source_partition, window, window_start, city, channel, tier, |
 |                             |   version (events folded into the row so far)                |
+| satisfaction.windows_updated| source_partition, the ids of the window_updated it carries   |
 | feedback.sla_breached       | customer_id, feedback_id, sla                                |
 | hall.survey_month_updated   | source_partition, hall_id, month, version                    |
 | hall.survey_month_closed    | source_partition, month                                      |
@@ -58,6 +59,9 @@ def round2(x: float) -> float:
     return math.floor(x * 100.0 + 0.5 + 1e-9) / 100.0
 
 
+#: The window partials of one drain in one message (processors.window_batches).
+WINDOWS_UPDATED = "satisfaction.windows_updated"
+
 #: The one message key of every ``hall.survey_month_closed``: the hall-months fold reads them
 #: all, in order, from the one partition of their topic this key lands on.
 HALL_MONTHS_KEY = "hall-months"
@@ -65,9 +69,12 @@ HALL_MONTHS_KEY = "hall-months"
 
 def message_key(record: dict) -> bytes:
     """What a derived event is keyed by on its topic: its customer; a hall's aggregate or flag
-    by its hall; a month close by ``HALL_MONTHS_KEY``; any other aggregate by its city."""
+    by its hall; a month close by ``HALL_MONTHS_KEY``; a batch of window partials by its ledger
+    partition; any other aggregate by its city."""
     if record.get("customer_id"):
         return record["customer_id"].encode()
+    if record["event_type"] == WINDOWS_UPDATED:
+        return f"partition-{record['source_partition']}".encode()
     if record["event_type"] == "hall.survey_month_closed":
         return HALL_MONTHS_KEY.encode()
     return (record.get("hall_id") or record["city"]).encode()

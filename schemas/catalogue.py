@@ -28,6 +28,7 @@ DERIVED_TYPES = frozenset(
     {
         "satisfaction.scored",
         "satisfaction.window_updated",
+        "satisfaction.windows_updated",
         "complaint.sla_breached",
         "complaint.state_changed",
         "churn.risk_changed",

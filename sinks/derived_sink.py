@@ -12,6 +12,7 @@ from typing import Any, Iterable
 from clickhouse_connect.driver.client import Client
 
 from cxledger.config import Settings
+from processors.window_batches import WINDOWS_UPDATED, unpack_window_partials
 from schemas.codec import WireCodec
 from sinks.kafka_sink import ClickHouseSink
 
@@ -97,8 +98,16 @@ def derived_row(record: dict[str, Any]) -> tuple[str, tuple[str, ...], list[Any]
     return table, columns, [record[f] for f in fields]
 
 
+_WINDOW_PLAN = _PLANS["satisfaction.window_updated"]
+
+
 def map_derived(record: dict[str, Any], schema_id: int, partition: int,
                 position: int) -> Iterable[tuple[str, tuple[str, ...], list[Any]]]:
+    if record["event_type"] == WINDOWS_UPDATED:  # the worker's batch of window partials
+        table, columns, fields = _WINDOW_PLAN
+        for partial in unpack_window_partials(record):
+            yield table, columns, [partial[f] for f in fields]
+        return
     row = derived_row(record)
     if row is not None:
         yield row
