@@ -32,8 +32,10 @@ from collections import defaultdict
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from cxledger.config import load_settings
-from processors.batch import PartitionFolds, partition_of_key, settle_heap, tune_gc_for_folds
+from processors.batch import PartitionFolds, settle_heap, tune_gc_for_folds
+from processors.changelog import state_records
 from processors.rules import load_rules
+from processors.window_batches import pack_window_partials
 from producers.sdk import PRODUCER_DEFAULTS, make_codec
 from schemas.codec import DecodeError
 from schemas.deadletter import deadletter_message
@@ -57,12 +59,7 @@ except ImportError:
 
 def changed_state(folds: PartitionFolds, partitions) -> list[tuple[int, str, bytes | None]]:
     """(partition, key, value) of the changed state, encoded as the worker encodes it for its
-    changelog (``processors.changelog.state_records``; ``PartitionFolds.changed_state``, keyed
-    "<partition>/<customer>", where that does not exist)."""
-    try:
-        from processors.changelog import state_records
-    except ImportError:
-        return [(partition_of_key(k), k, v) for k, v in folds.changed_state(partitions)]
+    changelog (``processors.changelog.state_records``)."""
     return state_records(folds, partitions)
 
 
@@ -138,7 +135,7 @@ def run(config: str, state_topic: str) -> dict:
             derived = folds.fold_batch(batch)
             for partition, end in ends.items():
                 folds.get(partition).position = end
-            for record in derived:
+            for record in pack_window_partials(derived):  # as the worker sends them
                 send(topic_for(record["event_type"]), message_key(record), codec.encode(record))
             settle()
             state = changed_state(folds, ends)

@@ -3,7 +3,7 @@
 ``PartitionFolds`` holds one ``PartitionFold`` per ledger partition. ``fold_batch`` applies a
 batch in offset order per partition and then drains what the batch changed (window partials,
 complaint states), so live processing and replay emit the same derived events whatever the
-batch boundaries. State persistence is the caller's: ``changed_state`` hands out what changed.
+batch boundaries. State persistence is the caller's (processors.changelog).
 """
 
 from __future__ import annotations
@@ -22,8 +22,11 @@ from schemas.jsonform import compact_json
 PARTITION_STATE_KEY = ""  # customer ids are non-empty, so "" names the partition's own state
 
 
-# Window rows are records of their own: "<partition>/" WINDOW_KEY_PREFIX <key as JSON>. Ids are
-# printable, so a control character cannot begin a customer id.
+# The window rows of one bucket (window, window_start) are one record:
+# "<partition>/" WINDOW_BUCKET_PREFIX "<window>/<window_start>". Ids are printable, so a control
+# character cannot begin a customer id. Before buckets, each row was a record of its own,
+# "<partition>/" WINDOW_KEY_PREFIX <key as JSON>: still read, and deleted once rewritten.
+WINDOW_BUCKET_PREFIX = "\x1fbucket"
 WINDOW_KEY_PREFIX = "\x1fwindow"
 
 
@@ -32,8 +35,14 @@ def state_key(partition: int, customer_id: str) -> str:
     return f"{partition}/{customer_id}"
 
 
+def window_bucket_key(partition: int, bucket: Sequence) -> str:
+    """Changelog key of the window rows of one bucket (window, window_start) of a partition."""
+    window, start = bucket
+    return state_key(partition, f"{WINDOW_BUCKET_PREFIX}{window}/{start}")
+
+
 def window_state_key(partition: int, key: Sequence) -> str:
-    """Changelog key of one window row of a partition (see WINDOW_KEY_PREFIX)."""
+    """Changelog key of one window row in the layout before buckets (WINDOW_KEY_PREFIX)."""
     return state_key(partition, WINDOW_KEY_PREFIX + json.dumps(list(key), separators=(",", ":")))
 
 
@@ -87,7 +96,8 @@ class PartitionFolds:
         """Rebuild a partition's fold from persisted (key, state) entries of that partition."""
         fold = self.folds[partition] = PartitionFold(self.rules, partition)
         partition_state = None
-        window_rows = []
+        legacy: dict[tuple, list] = {}   # one-row records (the layout before buckets)
+        bucketed: dict[tuple, list] = {}
         for key, value in entries:
             customer_id = key.split("/", 1)[1]
             plain = decode_state(value)
@@ -95,13 +105,16 @@ class PartitionFolds:
                 continue  # a customer the fold forgot
             if customer_id == PARTITION_STATE_KEY:
                 partition_state = plain
+            elif customer_id.startswith(WINDOW_BUCKET_PREFIX):
+                for row_key, *row in plain["windows"]:
+                    bucketed[tuple(row_key)] = row
             elif customer_id.startswith(WINDOW_KEY_PREFIX):
-                window_rows.append((json.loads(customer_id[len(WINDOW_KEY_PREFIX):]),
-                                    plain["window"]))
+                legacy[tuple(json.loads(customer_id[len(WINDOW_KEY_PREFIX):]))] = plain["window"]
             else:
                 fold.load_customer(customer_id, plain)
         if partition_state is not None:
-            fold.restore_partition(partition_state, window_rows)
+            fold.legacy_window_keys = list(legacy)
+            fold.restore_partition(partition_state, list({**legacy, **bucketed}.items()))
         fold.clear_dirty()
         return fold
 
@@ -126,23 +139,3 @@ class PartitionFolds:
         if self.hall_months is not None:
             derived += self.hall_months.apply_all(markers(derived))
         return derived
-
-    def changed_state(self, partitions: Iterable[int]) -> list[tuple[str, bytes | None]]:
-        """(key, encoded state) of every customer changed since the last call, plus each
-        partition's own state; None for a customer the fold forgot (delete it); marks them
-        clean."""
-        out = []
-        for partition in partitions:
-            fold = self.folds[partition]
-            for customer_id in fold.dirty_customers():
-                plain = fold.customer_state(customer_id)
-                out.append((state_key(partition, customer_id),
-                            None if plain is None else encode_state(plain)))
-            changed, forgotten = fold.window_changes()
-            out += [(window_state_key(partition, key), encode_state({"window": row}))
-                    for key, row in changed]
-            out += [(window_state_key(partition, key), None) for key in forgotten]
-            out.append((state_key(partition, PARTITION_STATE_KEY),
-                        encode_state(fold.snapshot_partition(window_rows=False))))
-            fold.clear_dirty()
-        return out

@@ -7,11 +7,15 @@ workers themselves.
 ledger offset after the last message folded), on the changelog partition of the ledger
 partition, value the state as JSON. Every customer record carries ``pos``, the partition
 position of the batch that wrote it; a customer the fold forgot is a record
-``{"forgotten": true}``. Each open satisfaction window row is a record of its own,
-``"<partition>/\x1fwindow[...key]"`` (``processors.batch.window_state_key``; the partition
-record would otherwise grow with every open window, past what a Kafka message may hold),
-written when it changed, with ``pos`` like a customer; a row closed for good is deleted (a
-tombstone) one batch after a partition record whose clock closed it.
+``{"forgotten": true}``. The open satisfaction window rows of one bucket (window and
+window_start: one minute, or one day) are a record of their own,
+``"<partition>/\x1fbucket<window>/<window_start>"`` (``processors.batch.window_bucket_key``;
+the partition record would otherwise grow with every open window, past what a Kafka message may
+hold, and a record per row cost the broker and the worker a message per row: at 5,000
+events/s, 0.8 per ledger event). A bucket is written whole when one of its rows changed, with
+``pos`` like a customer; a bucket closed for good is deleted (a tombstone) one batch after a
+partition record whose clock closed it. Records of one row each, ``"<partition>/\x1fwindow
+[...key]"``, are the layout before buckets: read back, written again as buckets, then deleted.
 
 Per batch a worker writes the changed customers first and the partition record last, each
 batch only after its derived events were acknowledged. A worker killed in the middle leaves a
@@ -39,7 +43,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from cxledger.config import Settings
 from processors.batch import (PARTITION_STATE_KEY, PartitionFolds, decode_state, encode_state,
-                              state_key, window_state_key)
+                              state_key, window_bucket_key, window_state_key)
 
 log = structlog.get_logger("cxledger.processors")
 
@@ -100,9 +104,10 @@ def seed_state(settings: Settings, folds: PartitionFolds, timeout: float = 60.0)
                  encode_state({**fold.customer_state(customer_id), "pos": 0}))
             written += 1
         windows = fold.windows
-        for key, row in windows.rows.items():
-            send(partition, window_state_key(partition, key),
-                 encode_state({"window": windows.row_plain(row), "pos": 0}))
+        for bucket, rows in windows.buckets.items():
+            send(partition, window_bucket_key(partition, bucket),
+                 encode_state({"windows": [[list(key), *windows.row_plain(row)]
+                                           for key, row in rows.items()], "pos": 0}))
             written += 1
     _settle(producer, failures, timeout, topic)
     for partition, fold in folds.folds.items():  # last, one record per batch (see above)
@@ -139,10 +144,11 @@ def state_records(folds: PartitionFolds, partitions: Iterable[int]
             plain = {"forgotten": True} if plain is None else plain
             out.append((partition, state_key(partition, customer_id),
                         encode_state({**plain, "pos": pos})))
-        changed, forgotten = fold.window_changes()
-        out += [(partition, window_state_key(partition, key),
-                 encode_state({"window": row, "pos": pos})) for key, row in changed]
-        out += [(partition, window_state_key(partition, key), None) for key in forgotten]
+        changed, deleted, legacy = fold.window_changes()
+        out += [(partition, window_bucket_key(partition, bucket),
+                 encode_state({"windows": rows, "pos": pos})) for bucket, rows in changed]
+        out += [(partition, window_bucket_key(partition, bucket), None) for bucket in deleted]
+        out += [(partition, window_state_key(partition, key), None) for key in legacy]
         out.append((partition, state_key(partition, PARTITION_STATE_KEY),
                     encode_state(fold.snapshot_partition(window_rows=False))))
         fold.clear_dirty()

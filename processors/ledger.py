@@ -110,7 +110,11 @@ class PartitionFold:
         self._deadlines: list[tuple[int, str, str, int, int]] = []
         self._feedback_deadlines: list[tuple[int, str, str, int]] = []
         self._dirty: set[str] = set()
-        self._forget_next: list[tuple] = []  # window rows to delete from the changelog next
+        self._forget_next: list[tuple] = []  # window rows forgotten at the last window_changes
+        # Changelog keys of window rows read back from records of one row each (the layout
+        # before buckets): rewritten as buckets, then deleted (window_changes).
+        self.legacy_window_keys: list[tuple] = []
+        self._legacy_delete_next: list[tuple] = []
         self._complaints_touched: set[tuple[str, str]] = set()  # since the last drain
         self._pruned_undrained: list[dict] = []  # final states of complaints pruned before a drain
         cr = self.rules.churn
@@ -469,15 +473,30 @@ class PartitionFold:
             heapq.heappush(self._deadlines,
                            (deadline, customer_id, complaint_id, SLA_RANK[sla], cycle))
 
-    def window_changes(self) -> tuple[list[tuple[tuple, list]], list[tuple]]:
-        """For a changelog that keeps each window row as a record of its own: (key, row) of
-        the rows changed since the last call, and the keys of rows to delete. A row closed for
-        good is deleted one call late, after a partition record whose clock had closed it has
-        been written: a batch cut short can then never lose a row that the last complete
-        partition record still needs."""
+    def window_changes(self) -> tuple[list[tuple[tuple, list]], list[tuple], list[tuple]]:
+        """For a changelog that keeps the window rows of one bucket (window, window_start) in
+        one record: (bucket, its open rows) of the buckets changed since the last call, the
+        buckets to delete, and the keys of one-row records (the older layout) to delete.
+
+        A bucket is deleted one call after its last row was forgotten (closed for good), that
+        is after a partition record whose clock had closed it has been written: a batch cut
+        short can then never lose a row that the last complete partition record still needs.
+        Rows read back from one-row records are first written as buckets (all of them, in the
+        first call), and their old records deleted in the call after, for the same reason."""
         changed, forgotten = self.windows.take_changes()
         late, self._forget_next = self._forget_next, forgotten
-        return changed, late
+        just = {key[:2] for key in forgotten}
+        open_buckets = self.windows.buckets
+        deleted = sorted({key[:2] for key in late} - just - open_buckets.keys())
+        legacy, self._legacy_delete_next = self._legacy_delete_next, []
+        if self.legacy_window_keys:
+            self._legacy_delete_next, self.legacy_window_keys = self.legacy_window_keys, []
+            written = {bucket for bucket, _ in changed}
+            windows = self.windows
+            changed += [(bucket, [[list(key), *windows.row_plain(row)]
+                                  for key, row in rows.items()])
+                        for bucket, rows in sorted(open_buckets.items()) if bucket not in written]
+        return changed, deleted, legacy
 
     def dirty_customers(self) -> set[str]:
         """Customers whose state changed since the last :meth:`clear_dirty`."""

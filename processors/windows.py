@@ -102,6 +102,9 @@ class WindowAggregator:
         self.days = DayStarts(rules.windows.business_timezone)
         self.clock = 0
         self.rows: dict[tuple, list] = {}
+        # The open rows again, per bucket (window, window_start): the changelog keeps a
+        # bucket's rows in one record (take_changes).
+        self.buckets: dict[tuple, dict[tuple, list]] = {}
         self.late_events = 0
         self._touched: list[list] = []               # rows touched since the last drain
         # For persistence (take_changes): rows drained since the last take, and the keys of
@@ -164,6 +167,10 @@ class WindowAggregator:
             row[_END] = end
             row[_KEY] = key
             self.rows[key] = row
+            bucket = self.buckets.get(key[:2])
+            if bucket is None:
+                bucket = self.buckets[key[:2]] = {}
+            bucket[key] = row
             self._expiry[window].append((end + retention, key))
         if not row[_TOUCHED]:
             row[_TOUCHED] = True
@@ -263,21 +270,32 @@ class WindowAggregator:
                 changed[row[_KEY]] = row
         clock = self.clock
         rows = self.rows
+        buckets = self.buckets
         for expiry in self._expiry.values():
             while expiry and expiry[0][0] <= clock:
                 key = expiry.popleft()[1]
                 if rows.pop(key, None) is not None:
                     self._forgotten.append(key)
+                    bucket = buckets[key[:2]]
+                    del bucket[key]
+                    if not bucket:
+                        del buckets[key[:2]]
         return out
 
     def take_changes(self) -> tuple[list[tuple[tuple, list]], list[tuple]]:
-        """What changed since the last call, for a changelog that keeps the rows one record
-        each (the partition record would grow with every open window): (key, row in
-        ``row_plain`` form) of the rows drained and still open, and the keys of the rows
-        forgotten."""
-        rows = self.rows
-        changed = [(key, self.row_plain(row)) for key, row in self._changed.items()
-                   if key in rows]
+        """What changed since the last call, for a changelog that keeps the rows of one bucket
+        (window, window_start) in one record (the partition record would grow with every open
+        window; a record per row costs a message per row): (bucket, its open rows as
+        ``[key, *row_plain]``) of every bucket with a row drained since, and the keys of the
+        rows forgotten. A bucket's rows close together (same end), so a bucket changes only
+        while all its rows are open."""
+        buckets = self.buckets
+        changed = []
+        for bucket in sorted({key[:2] for key in self._changed}):
+            rows = buckets.get(bucket)
+            if rows:
+                changed.append((bucket, [[list(key), *self.row_plain(row)]
+                                         for key, row in rows.items()]))
         forgotten, self._changed, self._forgotten = self._forgotten, {}, []
         return changed, forgotten
 
@@ -353,6 +371,7 @@ class WindowAggregator:
     def restore(self, plain: Mapping, rows: Iterable[tuple[Sequence, list]] = ()) -> None:
         """From ``snapshot`` output, plus ``rows``: (key, ``row_plain``) kept apart."""
         self.rows = {}
+        self.buckets = {}
         self._touched = []
         self._slots = {}
         self._changed, self._forgotten = {}, []
@@ -364,6 +383,7 @@ class WindowAggregator:
             row = values + [start, end, key, touched] + list(values[_BUCKETS])
             row[_BUCKETS] = None
             self.rows[key] = row
+            self.buckets.setdefault(key[:2], {})[key] = row
             if touched:
                 self._touched.append(row)
             retention = self._ret_1m if key[0] == "1m" else self._ret_1d

@@ -4,8 +4,9 @@ are the pure halves of the worker's write and ``read_state``).
 
 A live partition holds a window row per (minute, city, channel, tier) for two hours: the
 partition record must not carry them, or it outgrows a Kafka message within minutes of live
-traffic. The rows are records of their own, and a batch cut short anywhere restores to a
-state from which folding again gives exactly what the uninterrupted fold gave.
+traffic. The rows of one bucket (window, window_start) are a record of their own, and a batch
+cut short anywhere restores to a state from which folding again gives exactly what the
+uninterrupted fold gave.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import json
 
 import pytest
 
-from processors.batch import PartitionFolds
+from processors.batch import (PARTITION_STATE_KEY, PartitionFolds, encode_state, state_key,
+                              window_state_key)
 from processors.changelog import consistent_state, state_records
 from processors.rules import load_rules
 from producers.simulator import simulate_live
@@ -49,15 +51,42 @@ def fold_and_log(records: list[dict]) -> tuple[list[tuple[str, bytes | None]], l
 
 
 def test_the_partition_record_stays_small_while_window_rows_come_and_go(records):
-    log, _, _, folds = fold_and_log(records)
+    log, derived, _, folds = fold_and_log(records)
     partition_records = [value for key, value in log if key.endswith("/")]
-    rows = [key for key, value in log if "\x1fwindow" in key and value is not None]
-    deleted = [key for key, value in log if "\x1fwindow" in key and value is None]
+    buckets = [key for key, value in log if "\x1fbucket" in key and value is not None]
+    deleted = [key for key, value in log if "\x1fbucket" in key and value is None]
     assert len(folds.get(0).windows.rows) > 200  # many rows open at once
     assert max(map(len, partition_records)) < 4_000  # no rows in it
     full = json.dumps(folds.get(0).snapshot_partition())  # what it would have held
     assert len(full) > 10 * max(map(len, partition_records))
-    assert deleted and set(deleted) <= set(rows)  # closed rows leave the log
+    assert deleted and set(deleted) <= set(buckets)  # closed buckets leave the log
+    assert not any("\x1fwindow" in key for key, _ in log)  # no record of one row
+    # one record per changed minute or day, not per changed row
+    row_changes = sum(e["event_type"] == "satisfaction.window_updated" for b in derived for e in b)
+    assert len(buckets) < row_changes / 3
+
+
+def test_rows_kept_one_record_each_are_read_back_rewritten_as_buckets_then_deleted(records):
+    """The layout before buckets: a changelog with one record per window row restores the same
+    rows; the next batch writes every open bucket, and the one after deletes the old records."""
+    _, _, _, whole = fold_and_log(records[:4000])
+    fold = whole.get(0)
+    windows = fold.windows
+    old_layout = [(window_state_key(0, key), encode_state({"window": windows.row_plain(row),
+                                                           "pos": fold.position}))
+                  for key, row in windows.rows.items()]
+    old_layout.append((state_key(0, PARTITION_STATE_KEY),
+                       encode_state(fold.snapshot_partition(window_rows=False))))
+    restored = PartitionFolds(RULES)
+    restored.restore(0, consistent_state(0, old_layout))
+    assert sorted(restored.get(0).windows.snapshot()["rows"]) == sorted(
+        windows.snapshot()["rows"])
+    first = state_records(restored, [0])
+    rewritten = [json.loads(v)["windows"] for _, k, v in first if "\x1fbucket" in k]
+    assert sorted(r for rows in rewritten for r in rows) == sorted(windows.snapshot()["rows"])
+    assert not any(v is None for _, _, v in first)  # nothing deleted yet
+    second = state_records(restored, [0])
+    assert sorted(k for _, k, v in second if v is None) == sorted(k for k, _ in old_layout[:-1])
 
 
 @pytest.mark.parametrize("cut_batch", [3, 9, 17])
