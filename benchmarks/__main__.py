@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "events/s first, for the latency without a backlog (default 20; 10 "
                         "with --quick; 0: none)")
     parser.add_argument("--dashboard-runs", type=int, help="runs per dashboard query "
-                        "(default 10; 5 with --quick)")
+                        "(default 20; 5 with --quick)")
     parser.add_argument("--skip", default="", metavar="PHASE,...",
                         help="phases to leave out: " + ", ".join(PHASES))
     parser.add_argument("--profile", metavar="DIR", help="sample the producer, the ledger sink, "
