@@ -22,10 +22,10 @@ from schemas.jsonform import compact_json
 PARTITION_STATE_KEY = ""  # customer ids are non-empty, so "" names the partition's own state
 
 
-# The window rows of one bucket (window, window_start) are one record:
-# "<partition>/" WINDOW_BUCKET_PREFIX "<window>/<window_start>". Ids are printable, so a control
-# character cannot begin a customer id. Before buckets, each row was a record of its own,
-# "<partition>/" WINDOW_KEY_PREFIX <key as JSON>: still read, and deleted once rewritten.
+# The window rows of one bucket (window, window_start, city) are one record:
+# "<partition>/" WINDOW_BUCKET_PREFIX "<window>/<window_start>/<city>". Ids are printable, so a
+# control character cannot begin a customer id. Before buckets, each row was a record of its
+# own, "<partition>/" WINDOW_KEY_PREFIX <key as JSON>: still read, and deleted once rewritten.
 WINDOW_BUCKET_PREFIX = "\x1fbucket"
 WINDOW_KEY_PREFIX = "\x1fwindow"
 
@@ -36,9 +36,10 @@ def state_key(partition: int, customer_id: str) -> str:
 
 
 def window_bucket_key(partition: int, bucket: Sequence) -> str:
-    """Changelog key of the window rows of one bucket (window, window_start) of a partition."""
-    window, start = bucket
-    return state_key(partition, f"{WINDOW_BUCKET_PREFIX}{window}/{start}")
+    """Changelog key of the window rows of one bucket (window, window_start, city) of a
+    partition."""
+    window, start, city = bucket
+    return state_key(partition, f"{WINDOW_BUCKET_PREFIX}{window}/{start}/{city}")
 
 
 def window_state_key(partition: int, key: Sequence) -> str:

@@ -7,15 +7,16 @@ workers themselves.
 ledger offset after the last message folded), on the changelog partition of the ledger
 partition, value the state as JSON. Every customer record carries ``pos``, the partition
 position of the batch that wrote it; a customer the fold forgot is a record
-``{"forgotten": true}``. The open satisfaction window rows of one bucket (window and
-window_start: one minute, or one day) are a record of their own,
-``"<partition>/\x1fbucket<window>/<window_start>"`` (``processors.batch.window_bucket_key``;
-the partition record would otherwise grow with every open window, past what a Kafka message may
-hold, and a record per row cost the broker and the worker a message per row: at 5,000
-events/s, 0.8 per ledger event). A bucket is written whole when one of its rows changed, with
-``pos`` like a customer; a bucket closed for good is deleted (a tombstone) one batch after a
-partition record whose clock closed it. Records of one row each, ``"<partition>/\x1fwindow
-[...key]"``, are the layout before buckets: read back, written again as buckets, then deleted.
+``{"forgotten": true}``. The open satisfaction window rows of one bucket (window, window_start
+and city: one minute or one day of a city, at most one row per channel and tier) are a record
+of their own, ``"<partition>/\x1fbucket<window>/<window_start>/<city>"``
+(``processors.batch.window_bucket_key``; the partition record would otherwise grow with every
+open window, past what a Kafka message may hold, and a record per row cost the broker and the
+worker a message per row: at 5,000 events/s, 0.8 per ledger event). A bucket is written whole
+when one of its rows changed, with ``pos`` like a customer; a bucket closed for good is deleted
+(a tombstone) one batch after a partition record whose clock closed it. Records of one row
+each, ``"<partition>/\x1fwindow[...key]"``, are the layout before buckets: read back, written
+again as buckets, then deleted.
 
 Per batch a worker writes the changed customers first and the partition record last, each
 batch only after its derived events were acknowledged. A worker killed in the middle leaves a

@@ -50,7 +50,7 @@ from processors import churn, complaints, feedback, satisfaction, tiers
 from processors.complaints import SLA_RANK, SLAS
 from processors.halls import HallSurveyMonths
 from processors.rules import Rules, load_rules
-from processors.windows import WindowAggregator
+from processors.windows import WindowAggregator, bucket_of
 from schemas.catalogue import OPERATIONAL_KEYS
 
 STATE_FORMAT = 1
@@ -474,8 +474,8 @@ class PartitionFold:
                            (deadline, customer_id, complaint_id, SLA_RANK[sla], cycle))
 
     def window_changes(self) -> tuple[list[tuple[tuple, list]], list[tuple], list[tuple]]:
-        """For a changelog that keeps the window rows of one bucket (window, window_start) in
-        one record: (bucket, its open rows) of the buckets changed since the last call, the
+        """For a changelog that keeps the window rows of one bucket (window, window_start, city)
+        in one record: (bucket, its open rows) of the buckets changed since the last call, the
         buckets to delete, and the keys of one-row records (the older layout) to delete.
 
         A bucket is deleted one call after its last row was forgotten (closed for good), that
@@ -485,9 +485,9 @@ class PartitionFold:
         first call), and their old records deleted in the call after, for the same reason."""
         changed, forgotten = self.windows.take_changes()
         late, self._forget_next = self._forget_next, forgotten
-        just = {key[:2] for key in forgotten}
+        just = {bucket_of(key) for key in forgotten}
         open_buckets = self.windows.buckets
-        deleted = sorted({key[:2] for key in late} - just - open_buckets.keys())
+        deleted = sorted({bucket_of(key) for key in late} - just - open_buckets.keys())
         legacy, self._legacy_delete_next = self._legacy_delete_next, []
         if self.legacy_window_keys:
             self._legacy_delete_next, self.legacy_window_keys = self.legacy_window_keys, []

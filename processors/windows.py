@@ -44,6 +44,10 @@ MINUTE_MS = 60_000
  _FCR, _AI, _TRANSFERS, _FR_COUNT, _FR_SUM, _BUCKETS, _COMPLAINTS, _SR, _SR_MET,
  _START, _END, _KEY, _TOUCHED) = range(29)
 _N_PARTIAL = _START
+# A row's key is (window, window_start, city, channel, tier); its first _BUCKET items name its
+# bucket: the rows the changelog keeps in one record (take_changes), at most one per channel
+# and tier (56), so a record stays small whatever the number of cities.
+_BUCKET = 3
 # The first-response bucket counts are stored flat at the end of the row (row[_B0:]), not as
 # a nested list (one object less per window for the cycle collector); row[_BUCKETS] is unused.
 _B0 = 29
@@ -102,7 +106,7 @@ class WindowAggregator:
         self.days = DayStarts(rules.windows.business_timezone)
         self.clock = 0
         self.rows: dict[tuple, list] = {}
-        # The open rows again, per bucket (window, window_start): the changelog keeps a
+        # The open rows again, per bucket (window, window_start, city): the changelog keeps a
         # bucket's rows in one record (take_changes).
         self.buckets: dict[tuple, dict[tuple, list]] = {}
         self.late_events = 0
@@ -167,9 +171,9 @@ class WindowAggregator:
             row[_END] = end
             row[_KEY] = key
             self.rows[key] = row
-            bucket = self.buckets.get(key[:2])
+            bucket = self.buckets.get(key[:_BUCKET])
             if bucket is None:
-                bucket = self.buckets[key[:2]] = {}
+                bucket = self.buckets[key[:_BUCKET]] = {}
             bucket[key] = row
             self._expiry[window].append((end + retention, key))
         if not row[_TOUCHED]:
@@ -276,22 +280,22 @@ class WindowAggregator:
                 key = expiry.popleft()[1]
                 if rows.pop(key, None) is not None:
                     self._forgotten.append(key)
-                    bucket = buckets[key[:2]]
+                    bucket = buckets[key[:_BUCKET]]
                     del bucket[key]
                     if not bucket:
-                        del buckets[key[:2]]
+                        del buckets[key[:_BUCKET]]
         return out
 
     def take_changes(self) -> tuple[list[tuple[tuple, list]], list[tuple]]:
         """What changed since the last call, for a changelog that keeps the rows of one bucket
-        (window, window_start) in one record (the partition record would grow with every open
-        window; a record per row costs a message per row): (bucket, its open rows as
+        (window, window_start, city) in one record (the partition record would grow with every
+        open window; a record per row costs a message per row): (bucket, its open rows as
         ``[key, *row_plain]``) of every bucket with a row drained since, and the keys of the
         rows forgotten. A bucket's rows close together (same end), so a bucket changes only
         while all its rows are open."""
         buckets = self.buckets
         changed = []
-        for bucket in sorted({key[:2] for key in self._changed}):
+        for bucket in sorted({key[:_BUCKET] for key in self._changed}):
             rows = buckets.get(bucket)
             if rows:
                 changed.append((bucket, [[list(key), *self.row_plain(row)]
@@ -383,7 +387,7 @@ class WindowAggregator:
             row = values + [start, end, key, touched] + list(values[_BUCKETS])
             row[_BUCKETS] = None
             self.rows[key] = row
-            self.buckets.setdefault(key[:2], {})[key] = row
+            self.buckets.setdefault(key[:_BUCKET], {})[key] = row
             if touched:
                 self._touched.append(row)
             retention = self._ret_1m if key[0] == "1m" else self._ret_1d
@@ -393,6 +397,11 @@ class WindowAggregator:
         for item in pending:
             self._expiry[item[1][0]].append(item)
         self.late_events = plain.get("late_events", 0)
+
+
+def bucket_of(key: tuple) -> tuple:
+    """The bucket (window, window_start, city) of a row's key."""
+    return key[:_BUCKET]
 
 
 def _row_key(row: list) -> tuple:

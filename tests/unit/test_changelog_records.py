@@ -4,8 +4,8 @@ are the pure halves of the worker's write and ``read_state``).
 
 A live partition holds a window row per (minute, city, channel, tier) for two hours: the
 partition record must not carry them, or it outgrows a Kafka message within minutes of live
-traffic. The rows of one bucket (window, window_start) are a record of their own, and a batch
-cut short anywhere restores to a state from which folding again gives exactly what the
+traffic. The rows of one bucket (window, window_start, city) are a record of their own, and a
+batch cut short anywhere restores to a state from which folding again gives exactly what the
 uninterrupted fold gave.
 """
 
@@ -61,6 +61,11 @@ def test_the_partition_record_stays_small_while_window_rows_come_and_go(records)
     assert len(full) > 10 * max(map(len, partition_records))
     assert deleted and set(deleted) <= set(buckets)  # closed buckets leave the log
     assert not any("\x1fwindow" in key for key, _ in log)  # no record of one row
+    for key, value in log:  # a record holds one minute or day of one city
+        if "\x1fbucket" in key and value is not None:
+            window, start, city = key.split("\x1fbucket", 1)[1].split("/")
+            assert {tuple(row[0][:3]) for row in json.loads(value)["windows"]} == {
+                (window, int(start), city)}
     # one record per changed minute or day, not per changed row
     row_changes = sum(e["event_type"] == "satisfaction.window_updated" for b in derived for e in b)
     assert len(buckets) < row_changes / 3
