@@ -47,10 +47,6 @@ def window_state_key(partition: int, key: Sequence) -> str:
     return state_key(partition, WINDOW_KEY_PREFIX + json.dumps(list(key), separators=(",", ":")))
 
 
-def partition_of_key(key: str) -> int:
-    return int(key.split("/", 1)[0])
-
-
 def encode_state(plain: Any) -> bytes:
     return compact_json(plain)  # the worker encodes every changed customer after every batch
 
