@@ -171,10 +171,7 @@ class WindowAggregator:
             row[_END] = end
             row[_KEY] = key
             self.rows[key] = row
-            bucket = self.buckets.get(key[:_BUCKET])
-            if bucket is None:
-                bucket = self.buckets[key[:_BUCKET]] = {}
-            bucket[key] = row
+            self.buckets.setdefault(bucket_of(key), {})[key] = row
             self._expiry[window].append((end + retention, key))
         if not row[_TOUCHED]:
             row[_TOUCHED] = True
@@ -280,10 +277,10 @@ class WindowAggregator:
                 key = expiry.popleft()[1]
                 if rows.pop(key, None) is not None:
                     self._forgotten.append(key)
-                    bucket = buckets[key[:_BUCKET]]
+                    bucket = buckets[bucket_of(key)]
                     del bucket[key]
                     if not bucket:
-                        del buckets[key[:_BUCKET]]
+                        del buckets[bucket_of(key)]
         return out
 
     def take_changes(self) -> tuple[list[tuple[tuple, list]], list[tuple]]:
@@ -295,7 +292,7 @@ class WindowAggregator:
         while all its rows are open."""
         buckets = self.buckets
         changed = []
-        for bucket in sorted({key[:_BUCKET] for key in self._changed}):
+        for bucket in sorted({bucket_of(key) for key in self._changed}):
             rows = buckets.get(bucket)
             if rows:
                 changed.append((bucket, [[list(key), *self.row_plain(row)]
@@ -387,7 +384,7 @@ class WindowAggregator:
             row = values + [start, end, key, touched] + list(values[_BUCKETS])
             row[_BUCKETS] = None
             self.rows[key] = row
-            self.buckets.setdefault(key[:_BUCKET], {})[key] = row
+            self.buckets.setdefault(bucket_of(key), {})[key] = row
             if touched:
                 self._touched.append(row)
             retention = self._ret_1m if key[0] == "1m" else self._ret_1d
