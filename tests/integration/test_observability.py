@@ -175,13 +175,17 @@ def test_the_worker_serves_health_and_metrics_and_logs_json(tmp_path):
             prefix = f"w{uuid.uuid4().hex[:6]}"
             publish_with_garbage(settings, prefix, 60)
             group, ledger = settings.topics.processors_app, settings.topics.ledger
+            scored = settings.topics.for_derived("satisfaction.scored")
+            # events in are counted when a batch arrives, events out once the broker has
+            # acknowledged the batch's derived events: wait for both, not only the first
             found = wait_until(lambda: (lambda s: s if metric(
                 s, "cxledger_events_in_total", consumer=group, topic=ledger) >= 61 and metric(
                 s, "cxledger_dead_letters_total", reason="decode", consumer=group) >= 1
+                and metric(s, "cxledger_events_out_total", producer=group, topic=scored) >= 1
                 else None)(samples(url)), 60, "the worker folded the events")
             derived = {s.labels["topic"] for s in found if s.name == "cxledger_events_out_total"
                        and s.value > 0}
-            assert settings.topics.for_derived("satisfaction.scored") in derived
+            assert scored in derived
             assert settings.topics.deadletter in derived
             assert metric(found, "cxledger_fold_customers") >= 1
             assert metric(found, "cxledger_consumer_assigned_partitions", group=group) == 2
