@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import subprocess
 import time
 
@@ -126,6 +127,20 @@ TANSU_REFUSALS = {  # what librdkafka reports against `tansu broker --authentica
 }
 
 
+def listening(port: int, timeout: float = 30.0) -> None:
+    """Wait until the broker accepts connections on ``port``: a client that tries earlier is
+    refused by the operating system, not by the broker, and reports no broker refusal."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def test_tansu_0_6_cannot_authenticate(tmp_path):
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
@@ -136,7 +151,7 @@ def test_tansu_0_6_cannot_authenticate(tmp_path):
                              "memory://tansu/", "--authentication"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.5)
+        listening(port)
         created = tansu("user", "create", USER, PASSWORD, "--broker", url)
         assert created.returncode != 0 and "early eof" in created.stderr
         assert PASSWORD not in created.stderr
