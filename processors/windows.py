@@ -277,10 +277,11 @@ class WindowAggregator:
                 key = expiry.popleft()[1]
                 if rows.pop(key, None) is not None:
                     self._forgotten.append(key)
-                    bucket = buckets[bucket_of(key)]
+                    name = bucket_of(key)
+                    bucket = buckets[name]
                     del bucket[key]
                     if not bucket:
-                        del buckets[bucket_of(key)]
+                        del buckets[name]
         return out
 
     def take_changes(self) -> tuple[list[tuple[tuple, list]], list[tuple]]:
