@@ -46,7 +46,7 @@ import heapq
 from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
-from processors import churn, complaints, feedback, satisfaction, tiers
+from processors import churn, complaints, feedback, recent_ids, satisfaction, tiers
 from processors.complaints import SLA_RANK, SLAS
 from processors.halls import HallSurveyMonths
 from processors.rules import Rules, load_rules
@@ -69,7 +69,7 @@ def _new_customer() -> dict:
     """One customer's state: complaints (by id), tier state, churn state. Plain dicts and
     tuples only, so most customers hold nothing the cycle collector has to track."""
     return {"complaints": {}, "tier": tiers.new_state(), "churn": churn.new_state(),
-            "recent": {}}
+            "recent": recent_ids.NONE}
 
 
 _NEW_TIER = tiers.new_state()
@@ -146,11 +146,12 @@ class PartitionFold:
         out: list[dict] = []
         at = event["occurred_at"]
         cid = event.get("customer_id")  # None: an operational event
-        event_id = event["event_id"]
         cust = self.customers.get(cid) if cid else None
-        if cust is not None and event_id in cust["recent"]:
-            self.duplicates += 1
-            return out
+        if cid:
+            id_key = recent_ids.id_key(event["event_id"])
+            if cust is not None and recent_ids.holds(cust["recent"], id_key):
+                self.duplicates += 1
+                return out
         if at > self.clock:
             new_day = at // _DAY_MS != self.clock // _DAY_MS and self.clock
             self.clock = at
@@ -169,19 +170,14 @@ class PartitionFold:
             return out
         handler(event, at, out)
         if cid:
-            self._remember(cid, event_id, at)
+            self._remember(cid, id_key, at)
         return out
 
-    def _remember(self, cid: str, event_id: str, at: int) -> None:
+    def _remember(self, cid: str, id_key: bytes, at: int) -> None:
         """Remember the id of a folded event (see DUPLICATE_HORIZON_MS)."""
-        recent = self._customer(cid)["recent"]
-        recent[event_id] = at
-        oldest = at - DUPLICATE_HORIZON_MS
-        if len(recent) > 1 and next(iter(recent.values())) < oldest:
-            for old in [k for k, t in recent.items() if t < oldest]:
-                del recent[old]
-        if len(recent) > DUPLICATE_MEMORY:
-            del recent[next(iter(recent))]
+        cust = self._customer(cid)
+        cust["recent"] = recent_ids.remember(cust["recent"], id_key, at,
+                                             at - DUPLICATE_HORIZON_MS, DUPLICATE_MEMORY)
         self._dirty.add(cid)
 
     def apply_all(self, events: Iterable[Mapping]) -> list[dict]:
@@ -198,8 +194,8 @@ class PartitionFold:
         for cid, cust in list(self.customers.items()):
             changed = False
             recent = cust["recent"]
-            if recent and next(iter(recent.values())) < oldest:
-                cust["recent"] = {k: t for k, t in recent.items() if t >= oldest}
+            if recent and recent_ids.first_at(recent) < oldest:
+                cust["recent"] = recent_ids.since(recent, oldest)
                 changed = True
             ch = cust["churn"]
             if ch["last"] or ch["filed"]:
@@ -450,7 +446,7 @@ class PartitionFold:
             "complaints": _copy(cust["complaints"]),
             "tier": tiers.to_plain(cust["tier"]),
             "churn": churn.to_plain(cust["churn"]),
-            "recent": dict(cust["recent"]),
+            "recent_ids": recent_ids.to_plain(cust["recent"]),
         }
         if cust.get("feedback"):
             plain["feedback"] = _copy(cust["feedback"])
@@ -462,7 +458,10 @@ class PartitionFold:
             raise ValueError(f"customer state format {plain.get('format')!r} is not "
                              f"{STATE_FORMAT} (customer {customer_id})")
         cust = {"complaints": _copy(plain["complaints"]), "tier": tiers.from_plain(plain["tier"]),
-                "churn": churn.from_plain(plain["churn"]), "recent": dict(plain.get("recent", {}))}
+                "churn": churn.from_plain(plain["churn"]),
+                # before "recent_ids", the ids were stored as "recent": {event_id: event time}
+                "recent": (recent_ids.from_plain(plain["recent_ids"]) if "recent_ids" in plain
+                           else recent_ids.from_ids(plain.get("recent", {})))}
         if plain.get("feedback"):
             cust["feedback"] = _copy(plain["feedback"])
             for deadline, feedback_id, sla in feedback.pending_deadlines(cust["feedback"]):

@@ -14,6 +14,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from processors import recent_ids
 from processors.ledger import PartitionFold, live_clock_target
 from processors.rules import load_rules
 from processors.windows import PARTIAL_FIELDS
@@ -43,6 +44,11 @@ def run_all(events, rules=RULES, partition=3):
     for e in events:
         out += fold.apply(e)
     return fold, out
+
+
+def remembered(fold, customer_id):
+    """The customer's remembered event ids: {event_id: event time}, oldest first."""
+    return recent_ids.event_ids(fold.customers[customer_id]["recent"])
 
 
 def final_partials(window_events):
@@ -101,7 +107,7 @@ def test_dirty_customers_are_those_whose_state_changed():
                        contact(T0, "c-bounced", transfers=3), filed(T0, "q1", "c-complainer")])
     # every customer with an event remembers its id (duplicate detection)
     assert fold.dirty_customers() == {"c-plain", "c-happy", "c-bounced", "c-complainer"}
-    assert list(fold.customer_state("c-plain")["recent"]) == [plain["event_id"]]
+    assert list(remembered(fold, "c-plain")) == [plain["event_id"]]
     fold.clear_dirty()
     assert fold.dirty_customers() == set()
     fold.advance_clock(T0 + 3 * HOUR)          # first response breached: state changed
@@ -336,8 +342,8 @@ def test_remembered_ids_expire_after_the_horizon():
     first = contact(T0, "c-1")
     fold.apply(first)
     fold.apply(contact(T0 + DUPLICATE_HORIZON_MS + MIN, "c-1"))
-    assert first["event_id"] not in fold.customer_state("c-1")["recent"]
-    assert len(fold.customer_state("c-1")["recent"]) == 1
+    assert first["event_id"] not in remembered(fold, "c-1")
+    assert len(remembered(fold, "c-1")) == 1
 
 
 # -- bounded state -------------------------------------------------------------------------------
@@ -350,7 +356,7 @@ def test_a_customer_left_with_a_new_customer_s_state_is_forgotten_on_the_next_da
     assert {"c-once", "c-billed"} <= set(fold.customers)
     fold.apply(contact(T0 + 2 * 24 * HOUR, "c-later"))  # the clock enters a new day, 2 days on
     assert "c-once" not in fold.customers               # nothing the rules can use is left
-    assert fold.customers["c-billed"]["recent"] == {}   # its tier basis stays, its ids go
+    assert remembered(fold, "c-billed") == {}          # its tier basis stays, its ids go
     assert fold.customers["c-billed"]["tier"]["periods"]
     assert {"c-once", "c-billed"} <= fold.dirty_customers()
     assert fold.customer_state("c-once") is None        # -> deleted from the stored state
@@ -362,8 +368,7 @@ def test_a_busy_customer_remembers_a_bounded_number_of_event_ids():
     fold = PartitionFold(RULES, 3)
     events = [contact(T0 + i * MIN) for i in range(DUPLICATE_MEMORY + 9)]
     fold.apply_all(events)
-    recent = fold.customers["c-000042"]["recent"]
-    assert list(recent) == [e["event_id"] for e in events[-DUPLICATE_MEMORY:]]
+    assert list(remembered(fold, "c-000042")) == [e["event_id"] for e in events[-DUPLICATE_MEMORY:]]
     assert fold.apply(events[-1]) == [] and fold.duplicates == 1  # a retry is still caught
 
 
