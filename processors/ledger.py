@@ -66,8 +66,9 @@ _CHURN_INTENTS = frozenset({"port_out", "cancel", "downgrade"})
 
 
 def _new_customer() -> dict:
-    """One customer's state: complaints (by id), tier state, churn state. Plain dicts and
-    tuples only, so most customers hold nothing the cycle collector has to track."""
+    """One customer's state: complaints (by id), tier state, churn state, remembered event ids
+    (processors.recent_ids). Plain dicts, tuples and bytes only, so most customers hold nothing
+    the cycle collector has to track."""
     return {"complaints": {}, "tier": tiers.new_state(), "churn": churn.new_state(),
             "recent": recent_ids.NONE}
 
