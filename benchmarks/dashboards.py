@@ -10,7 +10,11 @@ run, with the garbage collector off while it is timed; the figure per query is i
 linear interpolation), and the document reports the slowest.
 
 They run in this process on the embedded engine (chDB), as the query endpoint of ``cxledger
-up`` would run them, without the HTTP hop.
+up`` would run them, without the HTTP hop, on the store as the earlier phases left it. The
+derived tables took their last insert in the processors phase; in the default run the phases
+between take more than 5 minutes, so every month has settled into one part (migration 5) and
+``FINAL`` has nothing to merge, as for every month but the current one on a live store. The
+harness records the parts and partitions of each table at query time (``parts_per_table``).
 """
 
 from __future__ import annotations

@@ -89,6 +89,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "service_halls", ("migrations/0002_service_halls.sql",)),
     Migration(3, "hall_tables", ("migrations/0003_hall_tables.sql",)),
     Migration(4, "dashboard_views", ("migrations/0004_dashboard_views.sql",)),
+    Migration(5, "settled_partitions", ("migrations/0005_settled_partitions.sql",)),
 )
 
 # Distributed tables' sharding keys (cluster DDL). Every version of a ReplacingMergeTree row must
