@@ -90,6 +90,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "hall_tables", ("migrations/0003_hall_tables.sql",)),
     Migration(4, "dashboard_views", ("migrations/0004_dashboard_views.sql",)),
     Migration(5, "settled_partitions", ("migrations/0005_settled_partitions.sql",)),
+    Migration(6, "incident_events", ("migrations/0006_incident_events.sql",)),
 )
 
 # Distributed tables' sharding keys (cluster DDL). Every version of a ReplacingMergeTree row must
@@ -113,6 +114,7 @@ SHARDING_KEYS: dict[str, str] = {
     "hall_visit_events": "cityHash64(customer_id)",
     "onsite_shift_events": "cityHash64(customer_id)",
     "ledger_by_type": "cityHash64(customer_id)",
+    "incident_events": "cityHash64(customer_id)",
     "feedback_sla_breaches": "cityHash64(customer_id)",
     "deadletter_events": "cityHash64(source_topic, source_partition)",
 }
