@@ -433,26 +433,40 @@ def test_the_hall_tables_hold_the_stored_hall_events_and_every_later_one(databas
     assert migrate(client, migrations=MIGRATIONS[:3]).applied == []
 
 
-def test_the_faster_dashboard_views_give_the_same_rows(database):
-    """Migration 4 defines contact_volume_hourly, incident_tags and hall_metrics_monthly anew
-    (for speed): on a folded ledger with incidents, one of them still open, every row is the
-    same as migration 3's, and the hall league over hall_metrics_monthly too."""
-    from processors.batch import PartitionFolds
-    from processors.rules import load_rules
+def _records_with_an_open_incident() -> list[dict]:
+    """6,000 simulated events in record form with two incidents or more, the last one never
+    resolved (its incident.resolved taken out)."""
     from producers.simulator import simulate
     from schemas.validation import normalize_event
-    from sinks.ledger_sink import LEDGER_COLUMNS, ledger_row
-    from sinks.replay import write_derived
 
-    _, client = database("t_dash")
-    migrate(client, migrations=MIGRATIONS[:3])
     records = [normalize_event(e, now_ms=4_000_000_000_000) for e in simulate(6_000, seed=5)]
     resolved = [r for r in records if r["event_type"] == "incident.resolved"]
     assert len(resolved) >= 2
     records.remove(resolved[-1])  # that incident is still open
+    return records
+
+
+def _write_folded(client, records: list[dict]) -> None:
+    """The derived rows of ``records`` folded in one partition, written as replay does."""
+    from processors.batch import PartitionFolds
+    from processors.rules import load_rules
+    from sinks.replay import write_derived
+
+    write_derived(client, PartitionFolds(load_rules(), 1).fold_batch({0: records}), database="")
+
+
+def test_the_faster_dashboard_views_give_the_same_rows(database):
+    """Migration 4 defines contact_volume_hourly, incident_tags and hall_metrics_monthly anew
+    (for speed): on a folded ledger with incidents, one of them still open, every row is the
+    same as migration 3's, and the hall league over hall_metrics_monthly too."""
+    from sinks.ledger_sink import LEDGER_COLUMNS, ledger_row
+
+    _, client = database("t_dash")
+    migrate(client, migrations=MIGRATIONS[:3])
+    records = _records_with_an_open_incident()
     client.insert("ledger_events", [ledger_row(r, 1, 0, i) for i, r in enumerate(records)],
                   column_names=list(LEDGER_COLUMNS))
-    write_derived(client, PartitionFolds(load_rules(), 1).fold_batch({0: records}), database="")
+    _write_folded(client, records)
 
     def views() -> dict[str, list]:
         return {view: client.query(f"SELECT * FROM {view} ORDER BY ALL").result_rows
@@ -475,24 +489,16 @@ def test_the_incidents_come_from_a_table_of_their_own_with_the_same_rows(databas
     it and every view over it (incident_tags, the hourly contact volume with incidents
     overlaid) keep their rows: the stored incidents copied, later ones added once each however
     often a batch is redelivered, and an incident not resolved yet still open."""
-    from processors.batch import PartitionFolds
-    from processors.rules import load_rules
-    from producers.simulator import simulate
-    from schemas.validation import normalize_event
     from sinks.ledger_sink import LEDGER_COLUMNS, ledger_row
-    from sinks.replay import write_derived
 
     _, client = database("t_incidents")
     migrate(client, migrations=MIGRATIONS[:5])
-    records = [normalize_event(e, now_ms=4_000_000_000_000) for e in simulate(6_000, seed=5)]
-    resolved = [r for r in records if r["event_type"] == "incident.resolved"]
-    assert len(resolved) >= 2
-    records.remove(resolved[-1])  # that incident is still open
+    records = _records_with_an_open_incident()
     rows = [ledger_row(r, 1, 0, i) for i, r in enumerate(records)]
     cut = next(i for i, r in enumerate(records) if r["event_type"] == "incident.detected") + 1
     first, later = rows[:cut], rows[cut:]  # one incident stored before the migration
     client.insert("ledger_events", first, column_names=list(LEDGER_COLUMNS))
-    write_derived(client, PartitionFolds(load_rules(), 1).fold_batch({0: records}), database="")
+    _write_folded(client, records)
 
     def views() -> dict[str, list]:
         return {view: client.query(f"SELECT * FROM {view} ORDER BY ALL").result_rows
