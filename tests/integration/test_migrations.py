@@ -515,11 +515,12 @@ def test_the_incidents_come_from_a_table_of_their_own_with_the_same_rows(databas
     assert views() == stored and columns() == typed  # the stored incident, copied
 
     client.insert("ledger_events", later, column_names=list(LEDGER_COLUMNS))
-    before = views()  # migration 5's incidents view, kept aside to compare with
-    client.command("CREATE VIEW incidents_of_migration_5 AS SELECT * FROM ("
+    before = views()
+    # the incidents view as migration 3 defined it (parsing ledger_by_type's JSON), to compare
+    client.command("CREATE VIEW incidents_before_migration_6 AS SELECT * FROM ("
                    + MIGRATIONS[2].template().split("CREATE VIEW IF NOT EXISTS incidents AS")[1]
                    .split(";")[0] + ")")
-    old = client.query("SELECT * FROM incidents_of_migration_5 ORDER BY ALL").result_rows
+    old = client.query("SELECT * FROM incidents_before_migration_6 ORDER BY ALL").result_rows
     client.insert("ledger_events", later[:300], column_names=list(LEDGER_COLUMNS))  # redelivered
     assert views() == before
     assert before["incidents"] == old
