@@ -48,13 +48,13 @@ One customer, exactly, without folding the partition
     end of the cut (deadlines passed by other customers' later events). For an event stamped at
     or after the clock it finds, folding it moves the clock past the maximum anyway.
 
-    What breaks it: the fold skips a redelivered event (same customer and event id within
-    ``DUPLICATE_HORIZON_MS``) *before* moving the clock, so such a row must not count in the
-    maximum. ``ledger_events FINAL`` collapses exact redeliveries, but two rows with the same
-    customer and event id and a different ``occurred_at`` (a producer reusing an id for another
-    event) both survive, and whether the second is skipped depends on the fold's state. When the
-    partition's cut holds any such pair the whole partition is folded instead (``method:
-    "partition"`` in the report): exact, slower.
+    What breaks it: the fold skips an event whose id it folded before (a redelivery, a
+    republished file: ``PartitionFold.folded``) *before* moving the clock, so such a row must
+    not count in the maximum. ``ledger_events FINAL`` collapses exact redeliveries, but two rows
+    with the same customer and event id and a different ``occurred_at`` (a producer reusing an
+    id for another event) both survive, and the fold skips the second. When the partition's cut
+    holds any such pair the whole partition is folded instead (``method: "partition"`` in the
+    report): exact, slower.
 
 Several partitions
     A customer's events all sit on one partition (the ledger is keyed by customer). If they do

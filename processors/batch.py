@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import orjson
 
+from processors.folded_ids import FoldedIds, from_plain as folded_from_plain
 from processors.halls import HallMonths, markers
 from processors.ledger import PartitionFold
 from processors.rules import Rules
@@ -28,6 +29,9 @@ PARTITION_STATE_KEY = ""  # customer ids are non-empty, so "" names the partitio
 # own, "<partition>/" WINDOW_KEY_PREFIX <key as JSON>: still read, and deleted once rewritten.
 WINDOW_BUCKET_PREFIX = "\x1fbucket"
 WINDOW_KEY_PREFIX = "\x1fwindow"
+# The ids folded on the partition (processors.folded_ids), a record per chunk:
+# "<partition>/" FOLDED_IDS_PREFIX "<chunk number>".
+FOLDED_IDS_PREFIX = "\x1fids/"
 
 
 def state_key(partition: int, customer_id: str) -> str:
@@ -40,6 +44,11 @@ def window_bucket_key(partition: int, bucket: Sequence) -> str:
     partition."""
     window, start, city = bucket
     return state_key(partition, f"{WINDOW_BUCKET_PREFIX}{window}/{start}/{city}")
+
+
+def folded_ids_key(partition: int, chunk: int) -> str:
+    """Changelog key of one chunk of the ids folded on a partition."""
+    return state_key(partition, f"{FOLDED_IDS_PREFIX}{chunk}")
 
 
 def window_state_key(partition: int, key: Sequence) -> str:
@@ -95,11 +104,15 @@ class PartitionFolds:
         partition_state = None
         legacy: dict[tuple, list] = {}   # one-row records (the layout before buckets)
         bucketed: dict[tuple, list] = {}
-        for key, value in entries:
-            customer_id = key.split("/", 1)[1]
-            plain = decode_state(value)
+        entries = [(key.split("/", 1)[1], decode_state(value)) for key, value in entries]
+        fold.folded = FoldedIds.from_chunks({
+            int(name[len(FOLDED_IDS_PREFIX):]): folded_from_plain(plain["ids"])
+            for name, plain in entries if name.startswith(FOLDED_IDS_PREFIX)})
+        for customer_id, plain in entries:
             if plain is None or plain.get("forgotten"):
                 continue  # a customer the fold forgot
+            if customer_id.startswith(FOLDED_IDS_PREFIX):
+                continue
             if customer_id == PARTITION_STATE_KEY:
                 partition_state = plain
             elif customer_id.startswith(WINDOW_BUCKET_PREFIX):

@@ -16,7 +16,11 @@ worker a message per row: at 5,000 events/s, 0.8 per ledger event). A bucket is 
 when one of its rows changed, with ``pos`` like a customer; a bucket closed for good is deleted
 (a tombstone) one batch after a partition record whose clock closed it. Records of one row
 each, ``"<partition>/\x1fwindow[...key]"``, are the layout before buckets: read back, written
-again as buckets, then deleted.
+again as buckets, then deleted. The ids of the customer events folded on the partition
+(processors.folded_ids: no event is folded twice) are records of 64 ids each, in fold order,
+``"<partition>/\x1fids/<n>"`` (``processors.batch.folded_ids_key``), with ``pos`` like a
+customer: a batch writes the last, partial one again, and the ones it filled; the chunks of a
+generation of ids forgotten are deleted one batch later, as window buckets are.
 
 Per batch a worker writes the changed customers first and the partition record last, each
 batch only after its derived events were acknowledged. A worker killed in the middle leaves a
@@ -44,7 +48,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from cxledger.config import Settings
 from processors.batch import (PARTITION_STATE_KEY, PartitionFolds, decode_state, encode_state,
-                              state_key, window_bucket_key, window_state_key)
+                              folded_ids_key, state_key, window_bucket_key, window_state_key)
+from processors.folded_ids import to_plain as folded_to_plain
 
 log = structlog.get_logger("cxledger.processors")
 
@@ -104,6 +109,10 @@ def seed_state(settings: Settings, folds: PartitionFolds, timeout: float = 60.0)
             send(partition, state_key(partition, customer_id),
                  encode_state({**fold.customer_state(customer_id), "pos": 0}))
             written += 1
+        for chunk, ids in fold.folded.all_chunks():
+            send(partition, folded_ids_key(partition, chunk),
+                 encode_state({"ids": folded_to_plain(ids), "pos": 0}))
+            written += 1
         windows = fold.windows
         for bucket, rows in windows.buckets.items():
             send(partition, window_bucket_key(partition, bucket),
@@ -145,6 +154,10 @@ def state_records(folds: PartitionFolds, partitions: Iterable[int]
             plain = {"forgotten": True} if plain is None else plain
             out.append((partition, state_key(partition, customer_id),
                         encode_state({**plain, "pos": pos})))
+        chunks, forgotten = fold.folded.take_changes()
+        out += [(partition, folded_ids_key(partition, chunk),
+                 encode_state({"ids": folded_to_plain(ids), "pos": pos})) for chunk, ids in chunks]
+        out += [(partition, folded_ids_key(partition, chunk), None) for chunk in forgotten]
         changed, deleted, legacy = fold.window_changes()
         out += [(partition, window_bucket_key(partition, bucket),
                  encode_state({"windows": rows, "pos": pos})) for bucket, rows in changed]

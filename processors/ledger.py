@@ -24,11 +24,17 @@ month's end closes it (step a). Operational events (supervision, quality, staff,
 have no customer: the fold moves the clock with them and keeps nothing of them (their metrics
 are ClickHouse views over the ledger); hall visits are remembered for duplicate detection only.
 
+Duplicates: the ids of the partition's latest customer events (524,288 at least) are remembered
+(``folded``, processors.folded_ids), and an id met again is not folded: the ledger keeps the
+first version of an id for good, so live processing agrees with a replay of it whenever the
+duplicate comes (a producer's retry, a redelivery, a file published again).
+
 Bounded state: when the partition clock enters a new UTC day, ``sweep`` forgets what the rules
-can no longer use: event ids older than the duplicate horizon, churn signal times that have
-expired, closed complaints past their retention, and customers left with nothing but the state
-a new customer starts with (folding them again from scratch gives the same result). The sweep
-happens at the same points of event time in the live processors and in a replay.
+can no longer use: churn signal times that have expired, closed complaints past their
+retention, and customers left with nothing but the state a new customer starts with (folding
+them again from scratch gives the same result). The sweep happens at the same points of event
+time in the live processors and in a replay. A customer whose events change nothing the rules
+keep (a plain contact, a satisfied survey) gets no state at all.
 
 ``advance_clock`` moves an idle partition's clock (live mode; see :func:`live_clock_target`);
 ``drain_windows`` emits the window partials touched since the last drain and
@@ -46,31 +52,23 @@ import heapq
 from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
-from processors import churn, complaints, feedback, recent_ids, satisfaction, tiers
+from processors import churn, complaints, feedback, satisfaction, tiers
 from processors.complaints import SLA_RANK, SLAS
+from processors.folded_ids import FoldedIds, id_key, legacy_keys
 from processors.halls import HallSurveyMonths
 from processors.rules import Rules, load_rules
 from processors.windows import WindowAggregator, bucket_of
 from schemas.catalogue import OPERATIONAL_KEYS
 
 STATE_FORMAT = 1
-# A producer's retry reuses the event_id. Ids of a customer's events within this span of its
-# own event time are remembered, so a redelivered event is not folded twice (the ledger in
-# ClickHouse collapses it too, so live and replay agree). Older duplicates are not detected.
-DUPLICATE_HORIZON_MS = 24 * 3_600_000
-# ... and at most this many of the customer's latest ids, so the memory a busy customer holds
-# is bounded too (a retry comes soon after the original; the ledger itself keeps one copy).
-DUPLICATE_MEMORY = 16
 _DAY_MS = 86_400_000
 _CHURN_INTENTS = frozenset({"port_out", "cancel", "downgrade"})
 
 
 def _new_customer() -> dict:
-    """One customer's state: complaints (by id), tier state, churn state, remembered event ids
-    (processors.recent_ids). Plain dicts, tuples and bytes only, so most customers hold nothing
-    the cycle collector has to track."""
-    return {"complaints": {}, "tier": tiers.new_state(), "churn": churn.new_state(),
-            "recent": recent_ids.NONE}
+    """One customer's state: complaints (by id), tier state, churn state. Plain dicts and
+    tuples only, so most customers hold nothing the cycle collector has to track."""
+    return {"complaints": {}, "tier": tiers.new_state(), "churn": churn.new_state()}
 
 
 _NEW_TIER = tiers.new_state()
@@ -79,7 +77,7 @@ _NEW_CHURN = churn.new_state()
 
 def _is_new(cust: dict) -> bool:
     """True when a customer's state is what a customer with no events starts with."""
-    return (not cust["recent"] and not cust["complaints"] and cust["tier"] == _NEW_TIER
+    return (not cust["complaints"] and cust["tier"] == _NEW_TIER
             and cust["churn"] == _NEW_CHURN and not cust.get("feedback"))
 
 
@@ -104,6 +102,7 @@ class PartitionFold:
         # a restored state knows which input it already holds; replay leaves it at 0).
         self.position: int | None = 0
         self.customers: dict[str, dict] = {}
+        self.folded = FoldedIds()  # the latest customer event ids folded here ("Duplicates")
         self.windows = WindowAggregator(self.rules, partition)
         self.halls = HallSurveyMonths(self.rules, partition)
         self.ignored: Counter[str] = Counter()
@@ -147,10 +146,9 @@ class PartitionFold:
         out: list[dict] = []
         at = event["occurred_at"]
         cid = event.get("customer_id")  # None: an operational event
-        cust = self.customers.get(cid) if cid else None
         if cid:
-            id_key = recent_ids.id_key(event["event_id"])
-            if cust is not None and recent_ids.holds(cust["recent"], id_key):
+            key = id_key(event["event_id"])
+            if key in self.folded:
                 self.duplicates += 1
                 return out
         if at > self.clock:
@@ -171,15 +169,8 @@ class PartitionFold:
             return out
         handler(event, at, out)
         if cid:
-            self._remember(cid, id_key, at)
+            self.folded.add(key)
         return out
-
-    def _remember(self, cid: str, id_key: bytes, at: int) -> None:
-        """Remember the id of a folded event (see DUPLICATE_HORIZON_MS)."""
-        cust = self._customer(cid)
-        cust["recent"] = recent_ids.remember(cust["recent"], id_key, at,
-                                             at - DUPLICATE_HORIZON_MS, DUPLICATE_MEMORY)
-        self._dirty.add(cid)
 
     def apply_all(self, events: Iterable[Mapping]) -> list[dict]:
         out: list[dict] = []
@@ -189,15 +180,10 @@ class PartitionFold:
 
     def sweep(self, now: int) -> None:
         """Forget what the rules can no longer use as of ``now`` (see the module docstring)."""
-        oldest = now - DUPLICATE_HORIZON_MS
         retention = self.rules.complaints
         churn_rules = self.rules.churn
         for cid, cust in list(self.customers.items()):
             changed = False
-            recent = cust["recent"]
-            if recent and recent_ids.first_at(recent) < oldest:
-                cust["recent"] = recent_ids.since(recent, oldest)
-                changed = True
             ch = cust["churn"]
             if ch["last"] or ch["filed"]:
                 before = (len(ch["last"]), len(ch["filed"]))
@@ -447,22 +433,22 @@ class PartitionFold:
             "complaints": _copy(cust["complaints"]),
             "tier": tiers.to_plain(cust["tier"]),
             "churn": churn.to_plain(cust["churn"]),
-            "recent_ids": recent_ids.to_plain(cust["recent"]),
         }
         if cust.get("feedback"):
             plain["feedback"] = _copy(cust["feedback"])
         return plain
 
     def load_customer(self, customer_id: str, plain: Mapping) -> None:
-        """Restore a customer from :meth:`customer_state` output and schedule its deadlines."""
+        """Restore a customer from :meth:`customer_state` output and schedule its deadlines.
+        Ids the state remembered itself (stored before ``folded``) join ``folded``."""
         if plain.get("format") != STATE_FORMAT:
             raise ValueError(f"customer state format {plain.get('format')!r} is not "
                              f"{STATE_FORMAT} (customer {customer_id})")
         cust = {"complaints": _copy(plain["complaints"]), "tier": tiers.from_plain(plain["tier"]),
-                "churn": churn.from_plain(plain["churn"]),
-                # before "recent_ids", the ids were stored as "recent": {event_id: event time}
-                "recent": (recent_ids.from_plain(plain["recent_ids"]) if "recent_ids" in plain
-                           else recent_ids.from_ids(plain.get("recent", {})))}
+                "churn": churn.from_plain(plain["churn"])}
+        for key in legacy_keys(plain):
+            if key not in self.folded:
+                self.folded.add(key)
         if plain.get("feedback"):
             cust["feedback"] = _copy(plain["feedback"])
             for deadline, feedback_id, sla in feedback.pending_deadlines(cust["feedback"]):

@@ -18,6 +18,7 @@ import pytest
 from processors.batch import (PARTITION_STATE_KEY, PartitionFolds, encode_state, state_key,
                               window_state_key)
 from processors.changelog import consistent_state, state_records
+from processors.folded_ids import id_key
 from processors.rules import load_rules
 from producers.simulator import simulate_live
 from schemas.validation import normalize_event
@@ -119,3 +120,6 @@ def test_a_restart_after_any_batch_folds_on_exactly_as_before(records, cut_batch
     assert rows(restored) == rows(whole)
     assert {c: fold.customer_state(c) for c in fold.customers} == {
         c: whole.get(0).customer_state(c) for c in whole.get(0).customers}
+    # every id folded before the cut came back from the log: none is folded twice
+    assert len(fold.folded) == len(whole.get(0).folded)
+    assert all(id_key(r["event_id"]) in fold.folded for r in records if r.get("customer_id"))

@@ -10,11 +10,12 @@ the uninterrupted fold.
 
 import copy
 import json
+import uuid
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processors import recent_ids
+from processors.folded_ids import FoldedIds, id_key
 from processors.ledger import PartitionFold, live_clock_target
 from processors.rules import load_rules
 from processors.windows import PARTIAL_FIELDS
@@ -46,9 +47,9 @@ def run_all(events, rules=RULES, partition=3):
     return fold, out
 
 
-def remembered(fold, customer_id):
-    """The customer's remembered event ids: {event_id: event time}, oldest first."""
-    return recent_ids.event_ids(fold.customers[customer_id]["recent"])
+def remembered(fold, event):
+    """True when the fold remembers ``event``'s id as folded."""
+    return id_key(event["event_id"]) in fold.folded
 
 
 def final_partials(window_events):
@@ -105,9 +106,10 @@ def test_dirty_customers_are_those_whose_state_changed():
     plain = contact(T0, "c-plain")
     fold, _ = run_all([plain, survey(T0, "c-happy", nps=10),
                        contact(T0, "c-bounced", transfers=3), filed(T0, "q1", "c-complainer")])
-    # every customer with an event remembers its id (duplicate detection)
-    assert fold.dirty_customers() == {"c-plain", "c-happy", "c-bounced", "c-complainer"}
-    assert list(remembered(fold, "c-plain")) == [plain["event_id"]]
+    # a plain contact and a happy survey leave the customer nothing to keep; the partition
+    # remembers their ids (duplicate detection) all the same
+    assert fold.dirty_customers() == {"c-bounced", "c-complainer"}
+    assert "c-plain" not in fold.customers and remembered(fold, plain)
     fold.clear_dirty()
     assert fold.dirty_customers() == set()
     fold.advance_clock(T0 + 3 * HOUR)          # first response breached: state changed
@@ -329,47 +331,49 @@ def test_a_redelivered_event_is_not_folded_twice():
     restored = PartitionFold(RULES)
     restored.load_customer("c-1", json.loads(json.dumps(twice.customer_state("c-1"))))
     restored.restore_partition(json.loads(json.dumps(twice.snapshot_partition())))
+    restored.folded = FoldedIds.from_chunks(dict(twice.folded.take_changes()[0]))
     got += restored.apply_all([events[0], events[1], events[2], events[2]])
     assert got == expected
     assert restored.duplicates == 3
     assert restored.drain_complaints()[0]["version"] == 1
 
 
-def test_remembered_ids_expire_after_the_horizon():
-    from processors.ledger import DUPLICATE_HORIZON_MS
+def test_an_event_published_again_months_later_is_not_folded_twice():
+    """A file published again brings back events long past in event time, after the customer
+    had many more: the ledger keeps the first version, so the fold must skip them all."""
+    events = ([filed(T0, "q1", "c-1"), contact(T0 + MIN, "c-1", transfers=3)]
+              + [contact(T0 + d * 24 * HOUR, "c-1") for d in range(1, 40)]
+              + [survey(T0 + 41 * 24 * HOUR, "c-1", nps=2)])
+    once = PartitionFold(RULES)
+    expected = once.apply_all(events)
+    again = PartitionFold(RULES)
+    got = again.apply_all(events)
+    got += again.apply_all(events)
+    assert got == expected
+    assert again.duplicates == len(events)
+    assert again.drain_windows() == once.drain_windows()
 
+
+def test_only_customer_events_are_remembered():
+    """Operational events have no customer and change nothing but the clock."""
     fold = PartitionFold(RULES)
-    first = contact(T0, "c-1")
-    fold.apply(first)
-    fold.apply(contact(T0 + DUPLICATE_HORIZON_MS + MIN, "c-1"))
-    assert first["event_id"] not in remembered(fold, "c-1")
-    assert len(remembered(fold, "c-1")) == 1
+    fold.apply(contact(T0, "c-1"))
+    fold.apply({"event_type": "incident.detected", "event_id": str(uuid.uuid4()),
+                "occurred_at": T0 + MIN, "customer_id": None})
+    assert len(fold.folded) == 1
 
 
 # -- bounded state -------------------------------------------------------------------------------
 
-def test_a_customer_left_with_a_new_customer_s_state_is_forgotten_on_the_next_day():
+def test_a_customer_with_nothing_the_rules_can_use_holds_no_state():
     fold = PartitionFold(RULES, 3)
-    fold.apply(contact(T0, "c-once"))
+    once = contact(T0, "c-once")
+    fold.apply(once)
     fold.apply(billing(T0, "2025-01", "800.00", customer_id="c-billed"))
-    fold.clear_dirty()
-    assert {"c-once", "c-billed"} <= set(fold.customers)
+    assert "c-once" not in fold.customers and fold.customer_state("c-once") is None
+    assert remembered(fold, once)                       # its id is, for duplicates
     fold.apply(contact(T0 + 2 * 24 * HOUR, "c-later"))  # the clock enters a new day, 2 days on
-    assert "c-once" not in fold.customers               # nothing the rules can use is left
-    assert remembered(fold, "c-billed") == {}          # its tier basis stays, its ids go
-    assert fold.customers["c-billed"]["tier"]["periods"]
-    assert {"c-once", "c-billed"} <= fold.dirty_customers()
-    assert fold.customer_state("c-once") is None        # -> deleted from the stored state
-
-
-def test_a_busy_customer_remembers_a_bounded_number_of_event_ids():
-    from processors.ledger import DUPLICATE_MEMORY
-
-    fold = PartitionFold(RULES, 3)
-    events = [contact(T0 + i * MIN) for i in range(DUPLICATE_MEMORY + 9)]
-    fold.apply_all(events)
-    assert list(remembered(fold, "c-000042")) == [e["event_id"] for e in events[-DUPLICATE_MEMORY:]]
-    assert fold.apply(events[-1]) == [] and fold.duplicates == 1  # a retry is still caught
+    assert fold.customers["c-billed"]["tier"]["periods"]  # the tier basis stays
 
 
 def test_expired_churn_signals_are_forgotten_and_the_level_is_unchanged():
