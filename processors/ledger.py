@@ -41,7 +41,8 @@ keep (a plain contact, a satisfied survey) gets no state at all.
 ``drain_complaints`` the current state of every complaint changed since the last drain.
 
 State is plain data per customer (``customer_state`` / ``load_customer``) plus a partition
-snapshot (clock and windows); the deadline heap is rebuilt from restored complaints.
+snapshot (clock and windows) and the ids folded (``folded``, written in chunks by
+processors.changelog); the deadline heap is rebuilt from restored complaints.
 ``apply`` expects a validated record: unknown or derived event types are counted in
 ``ignored`` and produce nothing.
 """
