@@ -20,6 +20,10 @@ registry of its own, served on ``/metrics`` by cxledger.health.
     cxledger_processor_batch_seconds                 histogram: fold, send and persist a batch
     cxledger_fold_customers{partition}               customers held in the fold state
     cxledger_fold_window_partials{partition}         open satisfaction window partials
+    cxledger_fold_ids_remembered{partition}          event ids held to skip duplicates
+                                                      (processors.folded_ids)
+    cxledger_fold_duplicates{partition}              events skipped as folded before, since
+                                                      this process took the partition
     cxledger_query_duration_seconds{outcome, format} histogram: the query endpoint's requests;
                                                       outcome ok | client_error | server_error
     cxledger_queries_in_flight                       queries running on the query endpoint
@@ -109,19 +113,20 @@ class Metrics:
         self._lock = threading.Lock()
         self._lag: dict[int, LagSource] = {}
         self._assigned: dict[int, Callable[[], Iterable[tuple[str, int]]]] = {}
-        self._folds: dict[int, Callable[[], Iterable[tuple[int, int, int]]]] = {}
+        self._folds: dict[int, Callable[[], Iterable[tuple[int, int, int, int, int]]]] = {}
         self._sinks: dict[int, Callable[[], Iterable[tuple[str, float | None, bool]]]] = {}
         r.register(_SourceCollector(self))
 
     # -- scrape-time sources ----------------------------------------------------------------
     def add_source(self, owner: object, *, lag: LagSource | None = None,
                    assigned: Callable[[], Iterable[tuple[str, int]]] | None = None,
-                   folds: Callable[[], Iterable[tuple[int, int, int]]] | None = None,
+                   folds: Callable[[], Iterable[tuple[int, int, int, int, int]]] | None = None,
                    sink: Callable[[], Iterable[tuple[str, float | None, bool]]] | None = None
                    ) -> None:
         """Register what ``owner`` reports at scrape time: ``lag`` (group, topic, partition,
         lag), ``assigned`` (group, partitions), ``folds`` (partition, customers, window
-        partials), ``sink`` (name, last write time, store fault now)."""
+        partials, ids remembered, duplicates skipped), ``sink`` (name, last write time, store
+        fault now)."""
         with self._lock:
             for table, source in ((self._lag, lag), (self._assigned, assigned),
                                   (self._folds, folds), (self._sinks, sink)):
@@ -185,12 +190,22 @@ class _SourceCollector:
         partials = GaugeMetricFamily("cxledger_fold_window_partials", "Open satisfaction "
                                      "window partials in the fold state, by ledger partition",
                                      labels=["partition"])
+        ids = GaugeMetricFamily("cxledger_fold_ids_remembered", "Event ids the processors hold "
+                                "to skip an event folded before, by ledger partition",
+                                labels=["partition"])
+        duplicates = GaugeMetricFamily("cxledger_fold_duplicates", "Events skipped because "
+                                       "their id was folded before, since this process took "
+                                       "the ledger partition", labels=["partition"])
         for source in fold_sources:
-            for partition, n_customers, n_partials in _safely(source):
+            for partition, n_customers, n_partials, n_ids, n_duplicates in _safely(source):
                 customers.add_metric([str(partition)], n_customers)
                 partials.add_metric([str(partition)], n_partials)
+                ids.add_metric([str(partition)], n_ids)
+                duplicates.add_metric([str(partition)], n_duplicates)
         yield customers
         yield partials
+        yield ids
+        yield duplicates
         last = GaugeMetricFamily("cxledger_sink_last_write_timestamp_seconds", "When the sink "
                                  "last wrote a batch into ClickHouse (Unix time)",
                                  labels=["sink"])

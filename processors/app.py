@@ -454,8 +454,8 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
                 if p in health.assigned]
 
     def fold_values():
-        return [(p, len(fold.customers), len(fold.windows.rows))
-                for p, fold in list(folds.folds.items())]
+        return [(p, len(fold.customers), len(fold.windows.rows), len(fold.folded),
+                 fold.duplicates) for p, fold in list(folds.folds.items())]
 
     metrics.add_source(app, lag=lag_values, folds=fold_values,
                        assigned=lambda: [(group, len(health.assigned))])

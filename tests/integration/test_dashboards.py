@@ -924,7 +924,7 @@ def exported_metrics() -> dict[str, set[str]]:
     # processors, sinks and the query endpoint (CXLEDGER_METRICS_PORT), from their registry
     ours = Metrics()
     ours.add_source(ours, lag=lambda: [("g", "t", 0, 1)], assigned=lambda: [("g", 1)],
-                    folds=lambda: [(0, 1, 1)], sink=lambda: [("s", 1.0, False)])
+                    folds=lambda: [(0, 1, 1, 1, 1)], sink=lambda: [("s", 1.0, False)])
     ours.dead_letter("unknown schema id 1", "c")
     for counter, labels in ((ours.events_in, ("c", "t")), (ours.events_out, ("p", "t")),
                             (ours.rows_written, ("s", "t")), (ours.store_retries, ("s",))):

@@ -111,12 +111,15 @@ def start(command: list[str], settings, tmp_path: Path, name: str, **env_extra):
     return proc, f"http://127.0.0.1:{port}", log
 
 
-def publish_with_garbage(settings, prefix: str, n: int) -> None:
+def publish_with_garbage(settings, prefix: str, n: int) -> list[dict]:
+    """``n`` valid events, then one undecodable message; returns the events."""
+    events = make_events(prefix, n)
     with LedgerProducer(settings) as producer:
-        producer.publish_many(make_events(prefix, n))
+        producer.publish_many(events)
     raw = Producer(settings.kafka_conf())
     raw.produce(settings.topics.ledger, key=f"{prefix}-0".encode(), value=GARBAGE)
     raw.flush(10)
+    return events
 
 
 def test_the_sink_serves_health_and_metrics_and_logs_json(settings, tmp_path):
@@ -173,7 +176,7 @@ def test_the_worker_serves_health_and_metrics_and_logs_json(tmp_path):
             reasons = readiness_until_ready(url, proc, timeout=120)
             assert any("partition" in r for r in reasons), reasons
             prefix = f"w{uuid.uuid4().hex[:6]}"
-            publish_with_garbage(settings, prefix, 60)
+            events = publish_with_garbage(settings, prefix, 60)
             group, ledger = settings.topics.processors_app, settings.topics.ledger
             scored = settings.topics.for_derived("satisfaction.scored")
             # events in are counted when a batch arrives, events out once the broker has
@@ -188,6 +191,14 @@ def test_the_worker_serves_health_and_metrics_and_logs_json(tmp_path):
             assert scored in derived
             assert settings.topics.deadletter in derived
             assert metric(found, "cxledger_fold_customers") >= 1
+            assert metric(found, "cxledger_fold_ids_remembered") == 60
+            with LedgerProducer(settings) as producer:  # the same events again: none folded
+                producer.publish_many(events)
+            again = wait_until(lambda: (lambda s: s if metric(
+                s, "cxledger_fold_duplicates") >= 60 else None)(samples(url)), 60,
+                "the worker skipped the events published again")
+            assert metric(again, "cxledger_fold_duplicates") == 60
+            assert metric(again, "cxledger_fold_ids_remembered") == 60
             assert metric(found, "cxledger_consumer_assigned_partitions", group=group) == 2
             assert metric(found, "cxledger_processor_batch_seconds_count") >= 1
             wait_until(lambda: {s.labels["partition"] for s in samples(url)

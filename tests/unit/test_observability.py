@@ -111,7 +111,7 @@ def test_the_metrics_parse_as_prometheus_text_with_bounded_labels():
     metrics = Metrics()
     owner = object()
     metrics.add_source(owner, lag=lambda: [("g", "t", 0, 5), ("g", "t", 1, -3)],
-                       assigned=lambda: [("g", 2)], folds=lambda: [(0, 10, 3)],
+                       assigned=lambda: [("g", 2)], folds=lambda: [(0, 10, 3, 40, 2)],
                        sink=lambda: [("s", 1_700_000_000.0, False)])
     metrics.events_in.labels("g", "t").inc(7)
     metrics.dead_letter("unknown schema id 9", "g")
@@ -124,6 +124,8 @@ def test_the_metrics_parse_as_prometheus_text_with_bounded_labels():
     assert value(fams, "cxledger_consumer_lag", "cxledger_consumer_lag", partition="1") == 0
     assert value(fams, "cxledger_fold_customers", "cxledger_fold_customers") == 10
     assert value(fams, "cxledger_fold_window_partials", "cxledger_fold_window_partials") == 3
+    assert value(fams, "cxledger_fold_ids_remembered", "cxledger_fold_ids_remembered") == 40
+    assert value(fams, "cxledger_fold_duplicates", "cxledger_fold_duplicates") == 2
     assert value(fams, "cxledger_query_duration_seconds",
                  "cxledger_query_duration_seconds_count", outcome="ok") == 1
     assert "process_resident_memory_bytes" in fams
