@@ -17,10 +17,11 @@ when one of its rows changed, with ``pos`` like a customer; a bucket closed for 
 (a tombstone) one batch after a partition record whose clock closed it. Records of one row
 each, ``"<partition>/\x1fwindow[...key]"``, are the layout before buckets: read back, written
 again as buckets, then deleted. The ids of the customer events folded on the partition
-(processors.folded_ids: no event is folded twice) are records of 64 ids each, in fold order,
-``"<partition>/\x1fids/<n>"`` (``processors.batch.folded_ids_key``), with ``pos`` like a
-customer: a batch writes the last, partial one again, and the ones it filled; the chunks of a
-generation of ids forgotten are deleted one batch later, as window buckets are.
+(processors.folded_ids: a duplicate of a recent event is not folded) are records of 64 ids,
+in fold order, ``"<partition>/\x1fids/<n>"`` (``processors.batch.folded_ids_key``), with
+``pos`` like a customer: a batch writes the last, partial one again, and the ones it filled;
+the chunks of a generation of ids forgotten are deleted one batch later, as window buckets
+are.
 
 Per batch a worker writes the changed customers first and the partition record last, each
 batch only after its derived events were acknowledged. A worker killed in the middle leaves a
