@@ -115,6 +115,9 @@ def map_derived(record: dict[str, Any], schema_id: int, partition: int,
 
 def derived_sink(settings: Settings, client: Client, codec: WireCodec | None = None,
                  **kwargs: Any) -> ClickHouseSink:
+    """The derived sink; it gathers a batch for ``settings.sink_derived_batch_seconds`` (its
+    rows are few and are what dashboards show live), not the ledger sink's ``batch_seconds``."""
     topics = list(dict.fromkeys(settings.topics.derived.values()))
+    kwargs.setdefault("batch_seconds", settings.sink_derived_batch_seconds)
     return ClickHouseSink(settings, client, topics, DERIVED_GROUP, map_derived, codec=codec,
                           **kwargs)

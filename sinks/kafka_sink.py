@@ -1,7 +1,8 @@
 """The one loop every sink runs: consume a batch, write it to ClickHouse, then commit.
 
 Order per batch (the only place that owns it):
-  1. poll until ``batch_rows`` messages or ``batch_seconds`` elapsed;
+  1. poll until ``batch_rows`` messages or ``batch_seconds`` elapsed (``[sink] batch_seconds``
+     for the ledger sink, ``derived_batch_seconds`` for the derived sink);
   2. decode each message; undecodable ones become dead letters with the reason;
   3. screen the rows (the ledger sink keeps the first version of an event id: a later one with
      other content becomes a dead letter, an identical one is dropped);

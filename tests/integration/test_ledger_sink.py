@@ -92,3 +92,18 @@ def test_undecodable_messages_go_to_the_dead_letter_topic(settings, clickhouse):
     reasons = sorted(dict(m.headers())["reason"].decode() for m in got)
     assert reasons == ["bad magic byte 110 (expected 0: Confluent wire format)",
                        "unknown schema id 4242"]
+
+
+def test_each_sink_gathers_its_batches_for_its_own_time(settings, clickhouse):
+    """The ledger sink waits ``[sink] batch_seconds`` to fill a batch; the derived sink, whose
+    rows are what dashboards show live, ``derived_batch_seconds``; an explicit argument wins."""
+    from sinks.derived_sink import derived_sink
+
+    settings = settings.with_(sink_batch_seconds=0.5, sink_derived_batch_seconds=0.15)
+    sinks = [ledger_sink(settings, clickhouse), derived_sink(settings, clickhouse),
+             derived_sink(settings, clickhouse, batch_seconds=2.0)]
+    try:
+        assert [sink.batch_seconds for sink in sinks] == [0.5, 0.15, 2.0]
+    finally:
+        for sink in sinks:
+            sink.close()

@@ -99,7 +99,8 @@ def test_every_key_that_settings_write_is_read_back(tmp_path):
         schema_registry_url="http://r:8081", schema_registry_auth="u:p",
         clickhouse_dsn="http://w:pw@ch:8123/cx", topics=Topics(partitions=12, replication_factor=3),
         rules_path=Path("/etc/rules.toml"), log_format="json", log_level="warning",
-        sink_batch_rows=5000, sink_batch_seconds=2.0, live_clock=False, query_password="q",
+        sink_batch_rows=5000, sink_batch_seconds=2.0, sink_derived_batch_seconds=1.0,
+        live_clock=False, query_password="q",
         broker_port=9999, acks_wait_for_store=True, metrics_port=9200, metrics_host="0.0.0.0",
         gateway_keys=(GatewayKey("k", "a" * 64),), gateway_shutdown_flush=0.0,
         pii_hmac_key="x" * 40)
@@ -129,6 +130,7 @@ level = "INFO"
 [sink]
 batch_rows = 20000
 batch_seconds = 2
+derived_batch_seconds = 1
 [processors]
 live_clock = true
 [query]
@@ -151,6 +153,8 @@ host = "127.0.0.1"
     assert (s.topics.partitions, s.topics.replication_factor) == (24, 3)
     assert s.topics.derived["churn_risk"] == "cx.churn" and s.log_level == "info"
     assert s.sink_batch_seconds == 2.0 and s.live_clock is False and s.gateway_rate == 100.0
+    assert s.sink_derived_batch_seconds == 1.0
+    assert load_settings(environ={}).sink_derived_batch_seconds == 0.15
     assert s.metrics_address() == ("127.0.0.1", 9109)
     assert load_settings(environ={}).metrics_address() == ("0.0.0.0", DEFAULT_METRICS_PORT)
     assert load_settings(environ={}).metrics_address("127.0.0.1") == ("127.0.0.1", 9108)
