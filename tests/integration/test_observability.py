@@ -132,8 +132,14 @@ def test_the_sink_serves_health_and_metrics_and_logs_json(settings, tmp_path):
         reasons = readiness_until_ready(url, proc, timeout=90)
         assert reasons and any("partition" in r or "no sink started" in r for r in reasons)
         assert get(f"{url}/healthz")[0] == 200
-        before = samples(url)
         ledger, group = settings.topics.ledger, "cxledger-ledger-sink"
+
+        def ledger_sink_assigned():  # ready once either sink has partitions; each reports its
+            now = samples(url)      # own after its first poll (the derived sink's is shorter)
+            return now if metric(now, "cxledger_consumer_assigned_partitions",
+                                 group=group) else None
+
+        before = wait_until(ledger_sink_assigned, 30, "the ledger sink's partitions")
         assert metric(before, "cxledger_consumer_assigned_partitions", group=group) == 3
         publish_with_garbage(settings, prefix, 120)
         found = wait_until(lambda: (lambda s: s if metric(
@@ -194,9 +200,12 @@ def test_the_worker_serves_health_and_metrics_and_logs_json(tmp_path):
             assert metric(found, "cxledger_fold_ids_remembered") == 60
             with LedgerProducer(settings) as producer:  # the same events again: none folded
                 producer.publish_many(events)
-            again = wait_until(lambda: (lambda s: s if metric(
-                s, "cxledger_fold_duplicates") >= 60 else None)(samples(url)), 60,
-                "the worker skipped the events published again")
+
+            def all_skipped():
+                now = samples(url)
+                return now if metric(now, "cxledger_fold_duplicates") >= 60 else None
+
+            again = wait_until(all_skipped, 60, "the worker skipped the events published again")
             assert metric(again, "cxledger_fold_duplicates") == 60
             assert metric(again, "cxledger_fold_ids_remembered") == 60
             assert metric(found, "cxledger_consumer_assigned_partitions", group=group) == 2
