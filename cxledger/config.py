@@ -211,8 +211,9 @@ class Settings:
     sink_batch_rows: int = 20_000
     sink_batch_seconds: float = 0.5
     # The derived sink's rows are what dashboards show as live, and there are few of them (the
-    # windows travel in batches): it writes what it has every 0.15 s (at 0.5 s, freshness at
-    # 5,000 events/s was p99 2.6-3.5 s; at 0.15 s, 1.3-1.7 s: `make bench`, freshness).
+    # windows travel in batches): it writes what it has every 0.15 s (freshness at 5,000
+    # events/s, the bench's freshness phase alone: p99 2.6-3.6 s at 0.5 s, median 1.85 s at
+    # 0.15 s).
     sink_derived_batch_seconds: float = 0.15
     # Live mode: idle partitions' clocks follow wall time (domain.md); off for backfills.
     live_clock: bool = True
