@@ -7,11 +7,13 @@ retry of the same event, and a state record restores to the same state."""
 from __future__ import annotations
 
 import json
+import random
+from datetime import datetime, timezone
 from decimal import Decimal
 
 from processors.batch import decode_state, encode_state
 from producers.simulator import simulate
-from schemas.jsonform import dumps, same_payload, to_json_form
+from schemas.jsonform import dumps, iso_millis, same_payload, to_json_form
 from schemas.validation import normalize_event
 
 
@@ -25,6 +27,27 @@ def test_payloads_hold_the_values_the_json_module_writes():
         text = dumps(record)
         assert json.loads(text) == json.loads(json_module_text(to_json_form(record)))
         assert same_payload(text, json_module_text(to_json_form(record)))
+
+
+def test_times_are_written_as_datetime_writes_them():
+    rng = random.Random(3)
+    day = 86_400_000
+    values = [0, -1, 1, day - 1, day, -day, 951_782_400_000, 4_102_444_799_999,
+              -62_135_596_800_000]  # 1970, around midnights, 2000-02-29, 2099, year 1
+    values += [rng.randrange(-2_000_000_000_000, 4_102_444_800_000) for _ in range(20_000)]
+    for ms in values:
+        expected = datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(
+            timespec="milliseconds")
+        assert iso_millis(ms) == expected, ms
+
+
+def test_a_payload_is_the_json_form_with_money_and_times_written_out():
+    record = {"event_type": "billing.period_closed", "occurred_at": 1_772_352_900_250,
+              "amount": Decimal("12.5"), "deadline": None, "window_start": 0}
+    assert json.loads(dumps(record)) == {
+        "event_type": "billing.period_closed", "occurred_at": "2026-03-01T08:15:00.250+00:00",
+        "amount": "12.50", "deadline": None, "window_start": "1970-01-01T00:00:00.000+00:00"}
+    assert json.loads(dumps({**record, "big": 2 ** 70}))["amount"] == "12.50"  # json module
 
 
 def test_a_payload_compares_by_value_not_by_float_formatting():
