@@ -165,7 +165,9 @@ def _traffic(record, store: Path, rate: float, seconds: float, warmup: float,
     from producers.sdk import LedgerProducer
     from producers.simulator import simulate_live
 
-    settings = load_settings(environ={}).with_(kafka_bootstrap=record.bootstrap)
+    # the stack's seal key, as every SDK user attached to the stack has it (cxledger.stack)
+    settings = load_settings(environ={}).with_(kafka_bootstrap=record.bootstrap,
+                                               seal_key=record.seal_key)
     prefix = f"bench-{uuid.uuid4().hex[:8]}-"
     poller = _Poller(record.dsn, prefix, poll_s, store)
     poller.start()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -189,9 +190,11 @@ class Bench:
         try:
             self.broker = LocalBroker(log_file=self.workdir / "broker.log")
             bootstrap = self.broker.start()
+            # one seal key for the run, as a deployment shares one between its producers and
+            # its consumers (schemas.seal): what the SDK checked is not checked again
             self.base = load_settings(environ={}).with_(
                 kafka_bootstrap=bootstrap, store=self.store,
-                topics=self.topics("ledger"))
+                topics=self.topics("ledger"), seal_key=secrets.token_urlsafe(32))
             create_topics(self.base)
             self.client = connect(self.base.dsn)
             create_tables(self.client)

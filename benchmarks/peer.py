@@ -7,7 +7,8 @@ order as ``processors.app`` (a consumer group of its own, ``topics.processors_ap
 
   1. consume a batch: up to 10,000 messages or 0.2 s (the worker's ``take_events``);
   2. decode with the project's codec and apply the consumers' ledger check
-     (``schemas.validation.ledger_refusal``); what fails goes to the dead-letter topic;
+     (``schemas.validation.ledger_refusal``, unless the SDK sealed the message with the
+     settings' seal key, ``schemas.seal``); what fails goes to the dead-letter topic;
   3. fold per partition in offset order (``processors.batch.PartitionFolds.fold_batch``)
      and record each partition's position, as the worker does;
   4. send the derived events (Avro, to the derived topics, keyed as the worker keys them)
@@ -39,6 +40,7 @@ from processors.window_batches import pack_window_partials
 from producers.sdk import PRODUCER_DEFAULTS, make_codec
 from schemas.codec import DecodeError
 from schemas.deadletter import deadletter_message
+from schemas.seal import sealer_of
 from schemas.validation import ledger_refusal
 from sinks.kafka_sink import consumer_conf
 
@@ -68,6 +70,7 @@ def run(config: str, state_topic: str) -> dict:
     topics = settings.topics
     rules = load_rules(settings.rules_path)
     codec = make_codec(settings)
+    sealer = sealer_of(settings.seal_key)
     folds = PartitionFolds(rules)
     tune_gc_for_folds()
     consumer = Consumer(consumer_conf(settings, topics.processors_app))
@@ -122,7 +125,9 @@ def run(config: str, state_topic: str) -> dict:
                 except DecodeError as exc:
                     reason = str(exc)
                 else:
-                    reason = ledger_refusal(record, msg.key())
+                    reason = (None if sealer is not None
+                              and sealer.verifies(msg.key(), msg.value(), msg.headers())
+                              else ledger_refusal(record, msg.key()))
                     if reason is None:
                         batch[partition].append(record)
                         continue

@@ -73,7 +73,8 @@ The ingest gateway (``cxledger gateway``; TOML ``[gateway]`` and ``[gateway.keys
   CXLEDGER_GATEWAY_RATE, _BURST     a key's events/s and burst when its entry sets none
                                     (default 5000 and 10000)
 
-Security (TOML ``[query.tls]`` cert/key, ``[pii]`` hmac_key or hmac_key_file):
+Security (TOML ``[query.tls]`` cert/key, ``[pii]`` hmac_key or hmac_key_file, ``[seal]`` key
+or key_file):
   CXLEDGER_QUERY_TLS_CERT, _KEY     PEM certificate (chain) and key: the query endpoint serves
                                     HTTPS instead of HTTP
   CXLEDGER_PII_HMAC_KEY             key (at least 32 characters) of the producer's PII
@@ -82,6 +83,12 @@ Security (TOML ``[query.tls]`` cert/key, ``[pii]`` hmac_key or hmac_key_file):
                                     by keyed hashes; without it they are refused
                                     (schemas.validation)
   CXLEDGER_PII_HMAC_KEY_FILE        a file holding that key (a mounted secret)
+  CXLEDGER_SEAL_KEY                 key (at least 32 characters) of the SDK's seals
+                                    (schemas.seal): the SDK seals each event it checked, and the
+                                    ledger sink and the processors holding the same key do not
+                                    check a sealed event again. Unset: nothing sealed, all checked
+                                    (`cxledger up` makes one for its stack; TOML [seal] key)
+  CXLEDGER_SEAL_KEY_FILE            a file holding that key (a mounted secret; [seal] key_file)
 Kafka TLS client certificates and other librdkafka properties go in ``[kafka.client]``
 (e.g. "ssl.certificate.location", "ssl.key.location"); faust gets the same settings.
 Secrets (passwords, keys, the DSN's password, the registry's user:password) never appear in
@@ -250,6 +257,9 @@ class Settings:
     query_tls_key: Path | None = None
     # The key of the producer's PII pseudonyms (HMAC-SHA256); None: the producer refuses PII.
     pii_hmac_key: str | None = field(default=None, repr=False)
+    # The key of the SDK's seals (schemas.seal): with it, the consumers do not check again what
+    # the SDK checked. None: nothing is sealed, everything is checked again.
+    seal_key: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         """Every field, with the secrets (see ``secrets``) shown as ``***``: settings may end up
@@ -257,7 +267,7 @@ class Settings:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("query_password", "pii_hmac_key", "schema_registry_auth"):
+            if f.name in ("query_password", "pii_hmac_key", "seal_key", "schema_registry_auth"):
                 value = None if value is None else "***"
             elif f.name == "clickhouse_dsn":
                 value = None if value is None else redact_dsn(value)
@@ -270,7 +280,7 @@ class Settings:
         """The secret values these settings hold (passwords, keys, the registry's user:password,
         the DSN's password), longest first: what must never be printed or logged."""
         found = [v for k, v in self.kafka_client.items() if is_secret_kafka_key(k)]
-        found += [self.query_password, self.pii_hmac_key]
+        found += [self.query_password, self.pii_hmac_key, self.seal_key]
         if self.schema_registry_auth:
             found += [self.schema_registry_auth, self.schema_registry_auth.partition(":")[2]]
         if self.clickhouse_dsn:
@@ -290,6 +300,8 @@ class Settings:
                 lines.append(f"key = {q(self.query_tls_key)}")
         if self.pii_hmac_key:
             lines += ["[pii]", f"hmac_key = {q(self.pii_hmac_key)}"]
+        if self.seal_key:
+            lines += ["[seal]", f"key = {q(self.seal_key)}"]
         return lines
 
     @property
@@ -420,6 +432,7 @@ _TOML_SCHEMA: dict[str, dict[str, Any]] = {
                 "max_events": None, "ack_timeout": None, "shutdown_flush": None, "rate": None,
                 "burst": None, "keys": "keys"},
     "pii": {"hmac_key": None, "hmac_key_file": None},
+    "seal": {"key": None, "key_file": None},
     "metrics": {"port": None, "host": None},
 }
 
@@ -794,24 +807,33 @@ def _security_settings(data: Mapping[str, Any], env: Mapping[str, str],
         raise ConfigError("the query endpoint's TLS needs both a certificate and its key "
                           "(CXLEDGER_QUERY_TLS_CERT and CXLEDGER_QUERY_TLS_KEY, or cert and key "
                           "in [query.tls])")
-    pii = data.get("pii", {})
-    hmac_key, where = env.get("CXLEDGER_PII_HMAC_KEY"), "CXLEDGER_PII_HMAC_KEY"
-    key_file = env.get("CXLEDGER_PII_HMAC_KEY_FILE")
-    if not hmac_key and key_file:
-        hmac_key, where = _read_key_file(Path(key_file), "CXLEDGER_PII_HMAC_KEY_FILE"), key_file
-    if not hmac_key and pii.get("hmac_key"):
-        hmac_key, where = str(pii["hmac_key"]), f"{path}: [pii] hmac_key"
-    if not hmac_key and pii.get("hmac_key_file"):
-        where = f"{path}: [pii] hmac_key_file"
-        hmac_key = _read_key_file(Path(pii["hmac_key_file"]), where)
-    if hmac_key is not None and len(hmac_key) < PII_KEY_MIN_CHARS:
-        # (the message names where the key came from, never the key)
-        raise ConfigError(f"{where}: the PII key is {len(hmac_key)} characters; it must be at "
-                          f"least {PII_KEY_MIN_CHARS} random characters, e.g. the output of "
-                          "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
     return {"query_tls_cert": Path(cert) if cert else None,
             "query_tls_key": Path(key) if key else None,
-            "pii_hmac_key": hmac_key or None}
+            "pii_hmac_key": _secret_key(env, "CXLEDGER_PII_HMAC_KEY", data.get("pii", {}),
+                                        "pii", "hmac_key", "the PII key", path),
+            "seal_key": _secret_key(env, "CXLEDGER_SEAL_KEY", data.get("seal", {}), "seal",
+                                    "key", "the seal key", path)}
+
+
+def _secret_key(env: Mapping[str, str], variable: str, table: Mapping[str, Any],
+                table_name: str, name: str, what: str, path: Any) -> str | None:
+    """A key from ``variable``, its ``_FILE`` variable, or ``name`` / ``name_file`` in the
+    config file's ``[table_name]``, in that order; at least PII_KEY_MIN_CHARS characters."""
+    value, where = env.get(variable), variable
+    key_file = env.get(f"{variable}_FILE")
+    if not value and key_file:
+        value, where = _read_key_file(Path(key_file), f"{variable}_FILE"), key_file
+    if not value and table.get(name):
+        value, where = str(table[name]), f"{path}: [{table_name}] {name}"
+    if not value and table.get(f"{name}_file"):
+        where = f"{path}: [{table_name}] {name}_file"
+        value = _read_key_file(Path(table[f"{name}_file"]), where)
+    if value is not None and len(value) < PII_KEY_MIN_CHARS:
+        # (the message names where the key came from, never the key)
+        raise ConfigError(f"{where}: {what} is {len(value)} characters; it must be at "
+                          f"least {PII_KEY_MIN_CHARS} random characters, e.g. the output of "
+                          "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    return value or None
 
 
 def _read_key_file(path: Path, where: str) -> str:

@@ -4,15 +4,16 @@
 
     stack.lock    a lock (flock) held for as long as the stack runs; the kernel releases it
                   however the stack ends, so a record left by a killed stack is never trusted
-    stack.json    pid, bootstrap, the query endpoint (with the reader's password) and the
-                  gateway; mode 0600
+    stack.json    pid, bootstrap, the query endpoint (with the reader's password), the
+                  gateway and the seal key; mode 0600
     status.json   the last status line as data, refreshed every second
     logs/         JSON logs of the stack, the broker, the processors and the gateway
 
 ``find_stack(store)`` returns the record of the stack running on that store, or None;
 ``attach(settings, record)`` gives the settings a command uses to talk to it: its Kafka
-bootstrap, its query endpoint as the ClickHouse DSN, and acknowledgements that wait for the
-store when the stack runs the single-machine broker.
+bootstrap, its query endpoint as the ClickHouse DSN, acknowledgements that wait for the
+store when the stack runs the single-machine broker, and the stack's seal key (unless the
+settings have their own), so that what it publishes is not checked again by the stack.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class StackRecord:
     gateway: dict[str, Any] = field(default_factory=dict)  # host, port
     workers: int = 1
     acks: str = "store"             # what a publish acknowledgement waits for: store | broker
+    seal_key: str | None = None     # the stack's seal key (schemas.seal), for its producers
 
     @property
     def query_scheme(self) -> str:
@@ -176,6 +178,7 @@ def attach(settings: Settings, record: StackRecord) -> Settings:
         kafka_bootstrap=settings.kafka_bootstrap or record.bootstrap,
         clickhouse_dsn=record.dsn if record.query else settings.clickhouse_dsn,
         acks_wait_for_store=record.acks == "store",
+        seal_key=settings.seal_key or record.seal_key,
     )
 
 

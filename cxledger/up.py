@@ -25,6 +25,11 @@ Acknowledgements: the local broker keeps topics in memory only, so on this stack
 acknowledged once the ledger sink has written it to the store (``acks_wait_for_store``); a
 kill -9 of everything then loses nothing acknowledged, and the restart derives again whatever
 the processors had not finished.
+
+Keys: with none configured, ``up`` makes the query endpoint's password, a gateway API key and
+the seal key its SDK users share with its sinks and workers (schemas.seal: what the SDK checked
+is not checked again); all three are kept in ``stack.json`` (mode 0600), where ``attach`` finds
+them.
 """
 
 from __future__ import annotations
@@ -125,6 +130,8 @@ class Stack:
 
             self.gateway_key, entry = new_api_key("up")
             settings = settings.with_(gateway_keys=(entry,))
+        if not settings.seal_key:  # the stack's SDK seals what it checked (schemas.seal)
+            settings = settings.with_(seal_key=secrets.token_urlsafe(32))
         pipe = Pipeline(settings, broker_log=self.logs / "broker.log", supervised=True,
                         config_dir=self.store / "run")
         pipe.__enter__()
@@ -170,7 +177,8 @@ class Stack:
                    if self.endpoint else {}),
             gateway={"host": pipe.settings.gateway_host, "port": pipe.settings.gateway_port,
                      **({"key": self.gateway_key} if self.gateway_key else {})},
-            workers=self.workers, acks="store" if pipe.local_broker else "broker")
+            workers=self.workers, acks="store" if pipe.local_broker else "broker",
+            seal_key=pipe.settings.seal_key)
         write_record(self.record)
         self._announce()
 
@@ -566,6 +574,7 @@ def show_status(settings: Settings, fmt: str = "text") -> int:
         if info.get("query"):
             info["query"] = {k: v for k, v in info["query"].items() if k != "password"}
         info["gateway"] = {k: v for k, v in info["gateway"].items() if k != "key"}
+        info.pop("seal_key", None)
         print(json.dumps({"running": True, "stack": info, "status": status}, indent=2))
         return 0
     print(f"stack {record.state} on {store} (pid {record.pid}, since {record.started_at})")

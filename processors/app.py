@@ -9,7 +9,9 @@ timers); the ledger comes in through one librdkafka consumer in the processors' 
 Per batch (``ProcessorSource.poll``: up to 10,000 messages or 0.2 s), in this order, which is
 the whole at-least-once story:
   1. skip what the partition's state already holds (offsets below its ``position``);
-  2. decode with our Avro codec; undecodable messages go to the dead-letter topic with the reason;
+  2. decode with our Avro codec; undecodable messages go to the dead-letter topic with the reason,
+     and so do records the SDK's checks refuse (``ledger_refusal``; not run again on a record
+     carrying the SDK's valid seal, ``schemas.seal``);
   3. fold each partition's records in offset order (processors.batch), drain what changed;
   4. send the derived events as Avro to their topics and wait for the broker's acks. A batch
      whose events are not acknowledged is sent again, with backoff, until they are: it is never
@@ -59,6 +61,7 @@ from confluent_kafka import Producer
 from producers.sdk import PRODUCER_DEFAULTS, make_codec
 from schemas.codec import DecodeError
 from schemas.deadletter import deadletter_message
+from schemas.seal import sealer_of
 from schemas.validation import ledger_refusal
 
 log = structlog.get_logger("cxledger.processors")
@@ -274,6 +277,7 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
     tune_gc_for_folds()
     app = worker_app(settings)
     codec = make_codec(settings)  # registry ids when a registry is configured
+    sealer = sealer_of(settings.seal_key)  # what the SDK sealed is not checked again
     folds = PartitionFolds(rules)
     producer = DerivedProducer(settings)
     create_changelog_topic(settings)
@@ -344,7 +348,8 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
             except DecodeError as exc:
                 dead_letter(key, value, str(exc), partition, offset)
                 continue
-            refusal = ledger_refusal(record, key)
+            sealed = sealer is not None and sealer.verifies(key, value, msg.headers())
+            refusal = None if sealed else ledger_refusal(record, key)
             if refusal:  # the ledger sink refuses it too: what is folded is what is stored
                 dead_letter(key, value, refusal, partition, offset)
                 continue

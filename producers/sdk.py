@@ -24,6 +24,10 @@ same ``customer_id`` from every channel. What is found and how it is replaced, f
 ``schemas.validation`` (module docstring). Files (``cxledger publish``) and the gateway publish
 through this producer and get the same treatment.
 
+With ``settings.seal_key``, each event ``publish`` validated carries the SDK's seal (a keyed
+MAC of its key and value, ``schemas.seal``): the ledger sink and the processors, holding the same
+key, do not check it again.
+
 Two checks beyond the schema, both raising EventValidationError before anything is sent:
 - **size**: an encoded event larger than the producer's ``message.max.bytes`` (librdkafka's
   default, ``MESSAGE_MAX_BYTES``) is refused naming the event and its largest field, instead
@@ -49,6 +53,7 @@ from confluent_kafka import (Consumer, KafkaError, KafkaException, Message, Prod
 
 from cxledger.config import LEDGER_SINK_GROUP, Settings
 from schemas.codec import WireCodec
+from schemas.seal import sealer_of
 from schemas.validation import (EventValidationError, Pseudonymizer, normalize_event,
                                  partition_key, screen_pii)
 
@@ -163,6 +168,9 @@ class LedgerProducer:
         # Personal data in events: pseudonymised with the settings' key, else refused.
         self.pseudonymizer = (Pseudonymizer(settings.pii_hmac_key) if settings.pii_hmac_key
                               else None)
+        # With the settings' seal key, events this producer validated carry its seal: the
+        # consumers holding the key do not check them again (schemas.seal).
+        self.sealer = sealer_of(settings.seal_key)
         conf = settings.kafka_conf(**{**PRODUCER_DEFAULTS, **(producer_conf or {})})
         self._producer = Producer(conf)
         self.max_message_bytes = int(conf.get("message.max.bytes", MESSAGE_MAX_BYTES))
@@ -197,22 +205,24 @@ class LedgerProducer:
         DeliveryError for earlier failures.
         """
         record = normalize_event(event, pseudonymize=self.pseudonymizer)
-        self._send(record, source)
+        self._send(record, source, checked=True)
         return record["event_id"]
 
     def publish_record(self, record: dict[str, Any], *, source: str | None = None) -> None:
         """Send an already validated record-form event (no schema validation; the personal
         data, size and event id checks of the module docstring apply: personal data is
-        pseudonymised in a copy, or refused)."""
+        pseudonymised in a copy, or refused). Not sealed: the consumers check it."""
         record = dict(record)
         screen_pii(record, record["event_type"], pseudonymize=self.pseudonymizer)
-        self._send(record, source)
+        self._send(record, source, checked=False)
 
-    def _send(self, record: dict[str, Any], source: str | None) -> None:
+    def _send(self, record: dict[str, Any], source: str | None, checked: bool) -> None:
         value = self.codec.encode(record)
         event_id = record["event_id"]
         key = partition_key(record).encode()
         headers = [("event_id", event_id.encode())]
+        if checked and self.sealer is not None:
+            headers.append(self.sealer.header(key, value))
         self._check_size(record, value, key, headers)
         digest = self.recent_ids.digest(value)
         earlier = self.recent_ids.conflict(event_id, digest)

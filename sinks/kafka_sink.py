@@ -3,7 +3,9 @@
 Order per batch (the only place that owns it):
   1. poll until ``batch_rows`` messages or ``batch_seconds`` elapsed (``[sink] batch_seconds``
      for the ledger sink, ``derived_batch_seconds`` for the derived sink);
-  2. decode each message; undecodable ones become dead letters with the reason;
+  2. decode each message; undecodable ones become dead letters with the reason, and so do
+     those the sink's check refuses (the ledger sink: the SDK's checks, unless the message
+     carries the SDK's valid seal, ``schemas.seal``);
   3. screen the rows (the ledger sink keeps the first version of an event id: a later one with
      other content becomes a dead letter, an identical one is dropped);
   4. insert the rows, table by table, with a deduplication token per (topic, partition,
@@ -47,6 +49,7 @@ from cxledger.config import Settings
 from cxledger.metrics import Metrics, process_metrics
 from schemas.codec import DecodeError, WireCodec
 from schemas.deadletter import deadletter_message
+from schemas.seal import Sealer
 
 log = structlog.get_logger("cxledger.sink")
 
@@ -166,7 +169,7 @@ class ClickHouseSink:
                  consumer_extra: dict[str, Any] | None = None,
                  offset_base: Mapping[tuple[str, int], int] | None = None,
                  screen: Screen | None = None, check: Check | None = None,
-                 metrics: Metrics | None = None):
+                 sealer: Sealer | None = None, metrics: Metrics | None = None):
         self.settings = settings
         self.client = client
         self.topics = topics
@@ -188,6 +191,7 @@ class ClickHouseSink:
         self.offset_base = dict(offset_base or {})
         self.screen = screen
         self.check = check
+        self.sealer = sealer  # a message with its valid seal needs no ``check`` (schemas.seal)
         self.stats = SinkStats()
         self._stop = threading.Event()  # set by ``run``'s caller: give up retrying, commit nothing
         self._subscribed = False
@@ -301,7 +305,7 @@ class ClickHouseSink:
             except DecodeError as exc:
                 dead.append((msg, position, str(exc)))
                 continue
-            refusal = self.check(record, msg.key()) if self.check else None
+            refusal = self.check(record, msg.key()) if self._needs_check(msg) else None
             if refusal:
                 dead.append((msg, position, refusal))
                 continue
@@ -313,6 +317,11 @@ class ClickHouseSink:
         token = ",".join(f"{t}:{p}:{lo + base.get((t, p), 0)}-{hi + base.get((t, p), 0)}"
                          for (t, p), (lo, hi) in sorted(offsets.items()))
         return _Pending(rows, sources, dead, offsets, token)
+
+    def _needs_check(self, msg: Message) -> bool:
+        return self.check is not None and not (
+            self.sealer is not None
+            and self.sealer.verifies(msg.key(), msg.value(), msg.headers()))
 
     def _store(self, pending: _Pending) -> bool:
         """Write the batch's rows and dead letters, retrying store faults; False if asked to

@@ -2,7 +2,8 @@
 
 A record that reached the topic without the SDK gets the SDK's checks here
 (``schemas.validation.ledger_refusal``: values, sizes, the message key): a refused one becomes
-a dead letter, as the processors skip it. The ledger is immutable: the first version of an
+a dead letter, as the processors skip it. A record carrying the SDK's valid seal (the settings'
+seal key, ``schemas.seal``) was checked by the SDK and is not checked again. The ledger is immutable: the first version of an
 event id is the one it keeps. Before a batch
 is inserted, ``keep_first_version`` looks its ids up in the store (a bloom-filter index on
 event_id keeps that cheap) and in the batch itself: the same event again (a producer's retry, a
@@ -19,6 +20,7 @@ from clickhouse_connect.driver.client import Client
 from cxledger.config import LEDGER_SINK_GROUP, Settings
 from schemas.codec import WireCodec
 from schemas.jsonform import dumps, same_payload
+from schemas.seal import sealer_of
 from schemas.validation import CANONICAL_UUID, ledger_refusal
 from sinks.kafka_sink import ClickHouseSink
 
@@ -90,4 +92,5 @@ def keep_first_version(client: Client, table: str, columns: tuple[str, ...],
 def ledger_sink(settings: Settings, client: Client, codec: WireCodec | None = None,
                 **kwargs: Any) -> ClickHouseSink:
     return ClickHouseSink(settings, client, [settings.topics.ledger], LEDGER_GROUP, map_ledger,
-                          codec=codec, screen=keep_first_version, check=ledger_refusal, **kwargs)
+                          codec=codec, screen=keep_first_version, check=ledger_refusal,
+                          sealer=sealer_of(settings.seal_key), **kwargs)

@@ -386,6 +386,8 @@ def test_k8s_manifests(tmp_path):
     assert secret_users["cxledger-clickhouse-writer"] == {"sink/sink"}
     assert secret_users["cxledger-clickhouse-migrator"] == {"cxledger-init/migrate"}
     assert secret_users["cxledger-gateway-keys"] == {"gateway/gateway"}
+    # one seal key for the SDK (gateway) and the ledger's consumers (schemas.seal)
+    assert secret_users["cxledger-seal"] == {"gateway/gateway", "processor/processor", "sink/sink"}
     assert [c["args"] for c in by_kind["Job"]["cxledger-init"]["spec"]["template"]["spec"]["containers"]] == [["db", "migrate"]]
     service = by_kind["Service"]["gateway"]
     gateway_labels = by_kind["Deployment"]["gateway"]["spec"]["template"]["metadata"]["labels"]

@@ -107,3 +107,60 @@ def test_each_sink_gathers_its_batches_for_its_own_time(settings, clickhouse):
     finally:
         for sink in sinks:
             sink.close()
+
+
+def test_what_the_sdk_sealed_is_not_checked_again_and_nothing_else_goes_unchecked(settings,
+                                                                                  clickhouse):
+    """With a seal key (schemas.seal), events the SDK published carry its seal and are stored;
+    a message sealed with the key is not checked again (here: a key that is not its customer's,
+    which the check refuses); a seal of another key, or of other bytes, is checked, and
+    refused."""
+    from schemas.codec import WireCodec
+    from schemas.seal import SEAL_HEADER, Sealer
+    from schemas.validation import normalize_event
+
+    key = "k" * 40
+    settings = settings.with_(seal_key=key)
+    prefix = f"c{uuid.uuid4().hex[:6]}"
+    events = make_events(prefix, 30)
+    with LedgerProducer(settings) as producer:
+        assert producer.publish_many(events) == []
+    sent = read_topic(settings, settings.topics.ledger, expected=30)
+    assert all(Sealer(key).verifies(m.key(), m.value(), m.headers()) for m in sent)
+
+    codec, positions = WireCodec(), dict(producer.positions)
+
+    def delivered(err, msg):
+        assert err is None, err
+        tp = (msg.topic(), msg.partition())
+        positions[tp] = max(positions.get(tp, 0), msg.offset() + 1)
+
+    def miskeyed(n: int) -> tuple[bytes, bytes]:
+        record = normalize_event(make_events(f"{prefix}m{n}", 1)[0])
+        return f"{prefix}-not-its-customer-{n}".encode(), codec.encode(record)
+
+    raw = Producer(settings.kafka_conf())
+    trusted_key, trusted = miskeyed(1)
+    forged_key, forged = miskeyed(2)
+    moved_key, moved = miskeyed(3)
+    _, other = miskeyed(4)
+    for k, v, seal in [(trusted_key, trusted, Sealer(key).seal(trusted_key, trusted)),
+                       (forged_key, forged, Sealer("x" * 40).seal(forged_key, forged)),
+                       (moved_key, moved, Sealer(key).seal(moved_key, other))]:
+        raw.produce(settings.topics.ledger, key=k, value=v, headers=[(SEAL_HEADER, seal)],
+                    on_delivery=delivered)
+    raw.flush(10)
+
+    sink = ledger_sink(settings, clickhouse)
+    try:
+        drain(sink, positions)
+    finally:
+        sink.close()
+    stored = clickhouse.query("SELECT customer_id FROM ledger WHERE customer_id LIKE {p:String}",
+                              parameters={"p": f"{prefix}%"}).result_rows
+    assert len(stored) == 31 and (f"{prefix}m1-0",) in stored
+    dead = clickhouse.query(
+        "SELECT key, reason FROM deadletter_events FINAL WHERE source_topic = {t:String}"
+        " ORDER BY key", parameters={"t": settings.topics.ledger}).result_rows
+    assert [k for k, _ in dead] == [forged_key.decode(), moved_key.decode()]
+    assert all("is not the event's customer_id" in reason for _, reason in dead)

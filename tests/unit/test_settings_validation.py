@@ -103,7 +103,7 @@ def test_every_key_that_settings_write_is_read_back(tmp_path):
         live_clock=False, query_password="q",
         broker_port=9999, acks_wait_for_store=True, metrics_port=9200, metrics_host="0.0.0.0",
         gateway_keys=(GatewayKey("k", "a" * 64),), gateway_shutdown_flush=0.0,
-        pii_hmac_key="x" * 40)
+        pii_hmac_key="x" * 40, seal_key="s" * 40)
     again = load_settings(write(tmp_path, settings.to_toml()), environ={})
     assert again == settings
 
