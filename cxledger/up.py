@@ -28,8 +28,8 @@ the processors had not finished.
 
 Keys: with none configured, ``up`` makes the query endpoint's password, a gateway API key and
 the seal key its SDK users share with its sinks and workers (schemas.seal: what the SDK checked
-is not checked again); all three are kept in ``stack.json`` (mode 0600), where ``attach`` finds
-them.
+is not checked again); all three are kept in ``stack.json`` (mode 0600), where the commands on
+the stack find them (``attach`` takes the endpoint's DSN and the seal key from it).
 """
 
 from __future__ import annotations
