@@ -40,7 +40,7 @@ from processors.window_batches import pack_window_partials
 from producers.sdk import PRODUCER_DEFAULTS, make_codec
 from schemas.codec import DecodeError
 from schemas.deadletter import deadletter_message
-from schemas.seal import sealer_of
+from schemas.seal import is_sealed, sealer_of
 from schemas.validation import ledger_refusal
 from sinks.kafka_sink import consumer_conf
 
@@ -125,8 +125,7 @@ def run(config: str, state_topic: str) -> dict:
                 except DecodeError as exc:
                     reason = str(exc)
                 else:
-                    reason = (None if sealer is not None
-                              and sealer.verifies(msg.key(), msg.value(), msg.headers())
+                    reason = (None if is_sealed(sealer, msg)
                               else ledger_refusal(record, msg.key()))
                     if reason is None:
                         batch[partition].append(record)

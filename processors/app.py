@@ -61,7 +61,7 @@ from confluent_kafka import Producer
 from producers.sdk import PRODUCER_DEFAULTS, make_codec
 from schemas.codec import DecodeError
 from schemas.deadletter import deadletter_message
-from schemas.seal import sealer_of
+from schemas.seal import is_sealed, sealer_of
 from schemas.validation import ledger_refusal
 
 log = structlog.get_logger("cxledger.processors")
@@ -348,8 +348,7 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
             except DecodeError as exc:
                 dead_letter(key, value, str(exc), partition, offset)
                 continue
-            sealed = sealer is not None and sealer.verifies(key, value, msg.headers())
-            refusal = None if sealed else ledger_refusal(record, key)
+            refusal = None if is_sealed(sealer, msg) else ledger_refusal(record, key)
             if refusal:  # the ledger sink refuses it too: what is folded is what is stored
                 dead_letter(key, value, refusal, partition, offset)
                 continue

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Sequence
+from typing import Any, Sequence
 
 SEAL_HEADER = "cxledger-seal"
 SEAL_BYTES = 16
@@ -63,3 +63,10 @@ class Sealer:
 
 def sealer_of(key: str | None) -> Sealer | None:
     return Sealer(key) if key else None
+
+
+def is_sealed(sealer: Sealer | None, message: Any) -> bool:
+    """Whether a consumed message (confluent-kafka's ``Message``) carries a valid seal of
+    ``sealer``'s key: what the consumers ask before they skip the SDK's checks."""
+    return sealer is not None and sealer.verifies(message.key(), message.value(),
+                                                  message.headers())

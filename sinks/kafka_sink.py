@@ -49,7 +49,7 @@ from cxledger.config import Settings
 from cxledger.metrics import Metrics, process_metrics
 from schemas.codec import DecodeError, WireCodec
 from schemas.deadletter import deadletter_message
-from schemas.seal import Sealer
+from schemas.seal import Sealer, is_sealed
 
 log = structlog.get_logger("cxledger.sink")
 
@@ -319,9 +319,7 @@ class ClickHouseSink:
         return _Pending(rows, sources, dead, offsets, token)
 
     def _needs_check(self, msg: Message) -> bool:
-        return self.check is not None and not (
-            self.sealer is not None
-            and self.sealer.verifies(msg.key(), msg.value(), msg.headers()))
+        return self.check is not None and not is_sealed(self.sealer, msg)
 
     def _store(self, pending: _Pending) -> bool:
         """Write the batch's rows and dead letters, retrying store faults; False if asked to
