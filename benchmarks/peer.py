@@ -120,13 +120,13 @@ def run(config: str, state_topic: str) -> dict:
                     continue
                 partition, offset = msg.partition(), msg.offset()
                 ends[partition] = offset + 1
+                sealed = is_sealed(sealer, msg)
                 try:
-                    record, _ = codec.decode(msg.value())
+                    record, _ = codec.decode(msg.value(), sealed)
                 except DecodeError as exc:
                     reason = str(exc)
                 else:
-                    reason = (None if is_sealed(sealer, msg)
-                              else ledger_refusal(record, msg.key()))
+                    reason = None if sealed else ledger_refusal(record, msg.key())
                     if reason is None:
                         batch[partition].append(record)
                         continue

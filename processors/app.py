@@ -343,12 +343,13 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
                 continue  # the state holds it already
             ends[partition] = offset + 1
             value, key = msg.value(), msg.key()
+            sealed = is_sealed(sealer, msg)
             try:
-                record, _ = codec.decode(value)
+                record, _ = codec.decode(value, sealed)
             except DecodeError as exc:
                 dead_letter(key, value, str(exc), partition, offset)
                 continue
-            refusal = None if is_sealed(sealer, msg) else ledger_refusal(record, key)
+            refusal = None if sealed else ledger_refusal(record, key)
             if refusal:  # the ledger sink refuses it too: what is folded is what is stored
                 dead_letter(key, value, refusal, partition, offset)
                 continue

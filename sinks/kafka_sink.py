@@ -300,12 +300,14 @@ class ClickHouseSink:
             if msg.value() is None and _is_fence(msg):
                 continue
             position = msg.offset() + base.get(tp, 0)
+            sealed = is_sealed(self.sealer, msg)
             try:
-                record, schema_id = self.codec.decode(msg.value())
+                record, schema_id = self.codec.decode(msg.value(), sealed)
             except DecodeError as exc:
                 dead.append((msg, position, str(exc)))
                 continue
-            refusal = self.check(record, msg.key()) if self._needs_check(msg) else None
+            refusal = (self.check(record, msg.key())
+                       if self.check is not None and not sealed else None)
             if refusal:
                 dead.append((msg, position, refusal))
                 continue
@@ -317,9 +319,6 @@ class ClickHouseSink:
         token = ",".join(f"{t}:{p}:{lo + base.get((t, p), 0)}-{hi + base.get((t, p), 0)}"
                          for (t, p), (lo, hi) in sorted(offsets.items()))
         return _Pending(rows, sources, dead, offsets, token)
-
-    def _needs_check(self, msg: Message) -> bool:
-        return self.check is not None and not is_sealed(self.sealer, msg)
 
     def _store(self, pending: _Pending) -> bool:
         """Write the batch's rows and dead letters, retrying store faults; False if asked to
@@ -395,7 +394,10 @@ class ClickHouseSink:
         if not rows:
             return []
         try:
-            self.client.insert(table, rows, column_names=list(columns),
+            # by columns: clickhouse-connect then encodes each column without first taking
+            # the rows apart itself (the benchmark's clickhouse_insert details: a third faster)
+            self.client.insert(table, list(zip(*rows)), column_names=list(columns),
+                               column_oriented=True,
                                settings={"insert_deduplication_token": token})
             return []
         except Exception as exc:

@@ -140,6 +140,17 @@ def test_trailing_bytes_are_named(codec):
         codec.decode(data + b"\x00\x00")
 
 
+def test_a_sealed_value_is_read_without_looking_past_the_record(codec):
+    """The seal fixes the bytes to what an encoder wrote: one record and nothing after it, so
+    the reader does not look for more. A value cut short still fails."""
+    record = normalize_event(contact())
+    data = codec.encode(record)
+    assert codec.decode(data, sealed=True)[0] == record
+    assert codec.decode(data + b"\x00\x00", sealed=True)[0] == record
+    with pytest.raises(DecodeError, match="does not decode"):
+        codec.decode(data[:-3], sealed=True)
+
+
 @pytest.mark.parametrize("body_class", BODIES, ids=lambda b: b.__name__)
 def test_a_value_the_schema_cannot_hold_names_the_field(body_class):
     record = normalize_event(contact())
