@@ -13,6 +13,7 @@ letter with the reason ``event_id conflict``.
 
 from __future__ import annotations
 
+from base64 import b64encode
 from typing import Any, Iterable
 
 from clickhouse_connect.driver.client import Client
@@ -50,15 +51,19 @@ _PAYLOAD = LEDGER_COLUMNS.index("payload")
 
 
 def _stored_versions_query(ids: list[str]) -> tuple[str, dict[str, Any]]:
-    """The query for the stored payload of each of ``ids``. Canonical UUIDs (hex digits and
-    dashes, nothing to quote or escape: what validation lets through) are written into it as
-    one string literal that the engine splits: clickhouse-connect binding them escaped each id
-    character by character in Python, a seventh of the sink's time, and 10,000 literals take
-    the parser twice as long as one. Anything else is bound as a parameter."""
+    """The query for the stored payload of each of ``ids``. Canonical UUIDs (what validation
+    lets through) are written into it as their 16 bytes each, base64 in one string literal that
+    the engine cuts apart: 22 characters an id instead of 37. Both the engine (parsing and
+    splitting the literal, on a 20,000-id batch 39 ms as text, 15 ms as base64) and
+    clickhouse-connect (which scans the query's text with regular expressions before sending
+    it) take time in proportion to the text. Binding the ids as a parameter escapes each
+    character in Python, slower still; anything but canonical UUIDs is bound that way."""
     if all(map(CANONICAL_UUID.fullmatch, ids)):
+        packed = b64encode(bytes.fromhex("".join(ids).replace("-", ""))).decode()
         return ("SELECT toString(event_id), any(payload) FROM ledger_events "
-                "WHERE event_id IN (SELECT toUUID(arrayJoin(splitByChar(',', "
-                f"'{','.join(ids)}')))) GROUP BY event_id"), {}
+                "WHERE event_id IN (SELECT arrayJoin(arrayMap(i -> toUUID(UUIDNumToString("
+                "toFixedString(substring(ids, 16 * i + 1, 16), 16))), range(length(ids) DIV 16))) "
+                f"FROM (SELECT base64Decode('{packed}') AS ids)) GROUP BY event_id"), {}
     return ("SELECT toString(event_id), any(payload) FROM ledger_events "
             "WHERE event_id IN {ids:Array(UUID)} GROUP BY event_id"), {"ids": ids}
 
@@ -70,7 +75,7 @@ def keep_first_version(client: Client, table: str, columns: tuple[str, ...],
         return list(range(len(rows))), []
     ids = list(dict.fromkeys(str(row[_ID]) for row in rows))
     sql, parameters = _stored_versions_query(ids)
-    # 37 bytes per id: a batch's list is longer than the default max_query_size (256 KiB)
+    # 22 bytes per id: a batch's list is longer than the default max_query_size (256 KiB)
     stored = dict(client.query(sql, parameters=parameters,
                                settings={"max_query_size": max(262_144, len(sql) + 4096)}
                                ).result_rows)

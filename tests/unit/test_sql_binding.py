@@ -10,7 +10,9 @@ binds its values (``{name:Type}`` with ``parameters=``) or is listed with its re
 from __future__ import annotations
 
 import ast
+import base64
 import re
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,8 +57,8 @@ REVIEWED = {
         "client.insert(table, rows): rows are sent as data; table is one of our table names",
     ("sinks/ledger_sink.py", "keep_first_version"):
         "_stored_versions_query writes event ids into a string literal only when every one "
-        "matched the canonical UUID form (hex digits and dashes: nothing to quote); else they "
-        "are bound",
+        "matched the canonical UUID form, and then as base64 of their bytes (letters, digits, "
+        "+, / and =: nothing to quote); else they are bound",
     ("sinks/migrations.py", "_scalar"):
         "runs the module's constant queries with parameters bound",
     ("sinks/migrations.py", "applied_migrations"):
@@ -136,7 +138,8 @@ def test_event_ids_are_written_into_sql_only_in_canonical_form():
 
     ids = ["0b6f7e64-3b7c-4c1e-9a57-2f1c9d3e8a10", "7d9b2c4e-1f3a-4b5c-8d6e-9f0a1b2c3d4e"]
     sql, parameters = _stored_versions_query(ids)
-    assert f"'{ids[0]},{ids[1]}'" in sql and parameters == {}
+    packed = base64.b64encode(uuid.UUID(ids[0]).bytes + uuid.UUID(ids[1]).bytes).decode()
+    assert f"base64Decode('{packed}')" in sql and parameters == {}
     for hostile in ("0b6f7e64-3b7c-4c1e-9a57-2f1c9d3e8a10') OR 1=1 --",
                     "0B6F7E64-3B7C-4C1E-9A57-2F1C9D3E8A10"):
         sql, parameters = _stored_versions_query([ids[0], hostile])
