@@ -180,10 +180,10 @@ class CavroBody:
         """(record, bytes left after it); with ``whole`` False the bytes after the record are
         not looked for (0): cavro tells where it stopped only by failing to read one byte
         more, an exception that is a third of the decoding's time."""
+        if not whole:  # binary_decode stops after the record, a quarter faster than a reader
+            return self.schema.binary_decode(data[5:]), 0
         reader = cavro.MemoryReader(memoryview(data)[5:])
         record = self.schema.binary_read(reader)
-        if not whole:
-            return record, 0
         try:
             self.one_byte.binary_read(reader)
         except EOFError:
