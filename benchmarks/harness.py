@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from collections import defaultdict
@@ -548,8 +549,8 @@ class Bench:
     def phase_ledger_sink(self) -> None:
         """ledger_sink_eps: the real ledger sink (``sinks.ledger_sink.ledger_sink``: decode,
         the ledger check, the first-version screen, insert, commit) reading the pre-filled
-        ledger topic into ledger_events, in this process as ``cxledger up`` runs it (its loop
-        is ``ClickHouseSink.run``'s, on this thread). The clock runs from the end of its first
+        ledger topic into ledger_events, in this process as ``cxledger up`` runs it
+        (``ClickHouseSink.run`` on this thread, with its store thread). The clock runs from the end of its first
         written batch (the group join and that batch are reported apart) until its positions
         reach the producer's."""
         from sinks.ledger_sink import ledger_sink
@@ -563,16 +564,20 @@ class Bench:
         started = time.monotonic()
         first_at, first_n = None, 0
         deadline = started + 300 + n / 2_000
+        def after_batch() -> None:
+            nonlocal first_at, first_n
+            if first_at is None:
+                first_at, first_n = time.monotonic(), sink.stats.consumed
+            if update:
+                update(sink.stats.consumed, n)
+
         try:
-            while not self._reached(sink.stats.positions):
-                sink.write(sink.poll_batch())
-                if first_at is None and sink.stats.batches:
-                    first_at, first_n = time.monotonic(), sink.stats.consumed
-                if update:
-                    update(sink.stats.consumed, n)
-                if time.monotonic() > deadline:
-                    raise BenchError(f"ledger sink: {sink.stats.consumed} of {n} in time")
+            sink.run(threading.Event(), after_batch=after_batch,
+                     until=lambda: (self._reached(sink.stats.positions)
+                                    or time.monotonic() > deadline))
             done = time.monotonic()
+            if not self._reached(sink.stats.positions):
+                raise BenchError(f"ledger sink: {sink.stats.consumed} of {n} in time")
         finally:
             if self.profiler:
                 self.profiler.stop("ledger_sink")

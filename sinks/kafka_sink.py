@@ -12,6 +12,10 @@ Order per batch (the only place that owns it):
      positions), then the dead letters into ``deadletter_events``; then send the dead letters
      to the dead-letter topic;
   5. commit the Kafka offsets only after ClickHouse accepted all of it.
+``run`` keeps two batches in hand: while a store thread screens and inserts one (steps 3-4;
+the engine runs without the GIL), the loop polls and decodes the next (1-2). Steps 3-5 of a
+batch still come after those of the batch before it, and only the loop's thread touches the
+consumer (it sends the dead letters and commits, and retries a batch the store refused).
 
 Faults: a store that refuses or times out (a transient fault) gets the same batch again, with
 bounded exponential backoff and jitter, for as long as it takes; the consumer is paused
@@ -37,6 +41,7 @@ import struct
 import threading
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -234,17 +239,22 @@ class ClickHouseSink:
     def _sink_values(self):
         return [(self.name, self.stats.last_write, self.stats.fault is not None)]
 
-    def poll_batch(self) -> list[Message]:
+    def poll_batch(self, store_done: Callable[[], bool] | None = None) -> list[Message]:
+        """Up to ``batch_rows`` messages, within ``batch_seconds``. ``store_done``: while the
+        store thread writes the batch before, whether it has finished; when it has and nothing
+        came meanwhile, the (empty) batch ends early so that the one written is committed."""
         if not self._subscribed:
             self.consumer.subscribe(self.topics)
             self._subscribed = True
         batch: list[Message] = []
         deadline = time.monotonic() + self.batch_seconds
+        wait = self.batch_seconds if store_done is None else 0.05
         while len(batch) < self.batch_rows:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or (not batch and store_done is not None and store_done()):
                 break
-            msgs = self.consumer.consume(min(self.batch_rows - len(batch), 5000), timeout=left)
+            msgs = self.consumer.consume(min(self.batch_rows - len(batch), 5000),
+                                         timeout=min(left, wait))
             for msg in msgs:
                 err = msg.error()
                 if err is None:
@@ -263,6 +273,11 @@ class ClickHouseSink:
         started = time.monotonic()
         if not self._store(pending):
             return  # stopping during a store fault: nothing committed, Kafka redelivers it
+        self._complete(batch, pending, started)
+
+    def _complete(self, batch: list[Message], pending: _Pending, started: float) -> None:
+        """After the store took a batch: its dead letters to the topic, its offsets committed,
+        the counts."""
         self.metrics.write_seconds.labels(self.name).observe(time.monotonic() - started)
         self._send_dead_letters(pending.dead)
         offsets = pending.offsets
@@ -320,38 +335,45 @@ class ClickHouseSink:
                          for (t, p), (lo, hi) in sorted(offsets.items()))
         return _Pending(rows, sources, dead, offsets, token)
 
-    def _store(self, pending: _Pending) -> bool:
+    def _store(self, pending: _Pending, failed: Exception | None = None) -> bool:
         """Write the batch's rows and dead letters, retrying store faults; False if asked to
-        stop before the store took it."""
+        stop before the store took it. ``failed``: a first attempt (the store thread's) failed
+        with it."""
         attempt = 0
         while True:
-            try:
-                self._write_tables(pending)
-                if pending.dead:
-                    self.client.insert("deadletter_events",
-                                       [self._deadletter_row(m, pos, why)
-                                        for m, pos, why in pending.dead],
-                                       column_names=list(DEADLETTER_COLUMNS))
-                break
-            except Exception as exc:
-                attempt += 1
-                delay = backoff(attempt)
-                now = time.time()
-                if self.stats.fault is None:
-                    self.stats.fault_since = now
-                self.stats.fault = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
-                self.stats.retries += 1
-                self.metrics.store_retries.labels(self.name).inc()
-                log.error("the store refused the batch; trying it again", sink=self.name,
-                          attempt=attempt, retry_in_s=round(delay, 2), error=self.stats.fault,
-                          failing_for_s=round(now - self.stats.fault_since, 1))
-                if not self._wait_paused(delay):
-                    return False
+            if failed is None:
+                try:
+                    self._write_once(pending)
+                    break
+                except Exception as exc:
+                    failed = exc
+            attempt += 1
+            delay = backoff(attempt)
+            now = time.time()
+            if self.stats.fault is None:
+                self.stats.fault_since = now
+            self.stats.fault = f"{type(failed).__name__}: {str(failed).strip()[:300]}"
+            self.stats.retries += 1
+            self.metrics.store_retries.labels(self.name).inc()
+            log.error("the store refused the batch; trying it again", sink=self.name,
+                      attempt=attempt, retry_in_s=round(delay, 2), error=self.stats.fault,
+                      failing_for_s=round(now - self.stats.fault_since, 1))
+            failed = None
+            if not self._wait_paused(delay):
+                return False
         if self.stats.fault is not None:
             log.info("the store took the batch again", sink=self.name, attempts=attempt + 1,
                      failed_for_s=round(time.time() - self.stats.fault_since, 1))
             self.stats.fault = self.stats.fault_since = None
         return True
+
+    def _write_once(self, pending: _Pending) -> None:
+        """One attempt at writing the batch (what is already written is not written again)."""
+        self._write_tables(pending)
+        if pending.dead:
+            self.client.insert("deadletter_events",
+                               [self._deadletter_row(m, pos, why) for m, pos, why in pending.dead],
+                               column_names=list(DEADLETTER_COLUMNS))
 
     def _wait_paused(self, seconds: float) -> bool:
         """Wait while the consumer stays in its group and fetches nothing; False if stopped."""
@@ -451,20 +473,56 @@ class ClickHouseSink:
         return [msg.topic(), msg.partition(), position, reason,
                 key.decode(errors="replace") if key else None, value.hex()]
 
-    def run(self, stop: threading.Event) -> None:
-        """Write batches until ``stop`` is set; the last batch is written before returning
-        (unless the store is failing then). An unexpected error ends the thread after it is
-        logged: whoever runs the sink must then end the process (cxledger.pipeline)."""
+    def run(self, stop: threading.Event, until: Callable[[], bool] | None = None,
+            after_batch: Callable[[], None] | None = None) -> None:
+        """Write batches until ``stop`` is set (or ``until()`` is true); the last batch is
+        written before returning (unless the store is failing then). An unexpected error ends
+        the thread after it is logged: whoever runs the sink must then end the process
+        (cxledger.pipeline). ``after_batch`` is called after each batch is committed.
+
+        Two batches are in hand at a time: while a store thread writes one (the engine works
+        without the GIL), this thread polls and decodes the next. The order of the steps per
+        batch does not change: a batch is stored after the one before it (so the first-version
+        screen sees that one), and committed only after the store took it. Only this thread
+        touches the consumer: a batch the store thread could not write is retried here, with
+        the consumer paused, before the next batch goes to the store."""
         self._stop = stop
         log.info("sink started", sink=self.name, topics=self.topics)
+        storing = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-store")
+        # the batch the store thread has: (messages, pending, when it went, its future)
+        in_store: tuple[list[Message], _Pending, float, Future] | None = None
         try:
-            while not stop.is_set():
-                self.write(self.poll_batch())
+            while not stop.is_set() and not (until is not None and until()):
+                batch = self.poll_batch(None if in_store is None else in_store[3].done)
+                pending = self._prepare(batch) if batch else None
+                if in_store is not None:
+                    taken = self._finish(*in_store)
+                    in_store = None
+                    if not taken:
+                        break  # stopped during a store fault: nothing more is written
+                    if after_batch is not None:
+                        after_batch()
+                if pending is not None:
+                    in_store = (batch, pending, time.monotonic(),
+                                storing.submit(self._write_once, pending))
+            if in_store is not None and self._finish(*in_store) and after_batch is not None:
+                after_batch()
         except Exception:
             log.exception("sink failed", sink=self.name)
             raise
         finally:
+            storing.shutdown(wait=True)
             self.close()
+
+    def _finish(self, batch: list[Message], pending: _Pending, started: float,
+                future: Future) -> bool:
+        """Wait for the store thread's attempt at ``batch``; retry it here if it failed; then
+        commit it. False when stopped before the store took it."""
+        failed = future.exception()
+        if failed is not None and not self._store(pending, failed):
+            return False
+        self._complete(batch, pending, started)
+        return True
 
     def close(self) -> None:
         if self.deadletter is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from sinks.kafka_sink import ClickHouseSink
@@ -13,6 +14,19 @@ def drain(sink: ClickHouseSink, targets: dict[tuple[str, int], int], timeout: fl
     while any(sink.stats.positions.get(tp, 0) < end for tp, end in targets.items()):
         assert time.monotonic() < deadline, f"sink stuck at {sink.stats.positions}, want {targets}"
         sink.write(sink.poll_batch())
+
+
+def run_until(sink: ClickHouseSink, targets: dict[tuple[str, int], int],
+              timeout: float = 60.0) -> None:
+    """Run ``sink`` with its production loop (``run``: the next batch polled and decoded
+    while the store thread writes the one before) until it passed ``targets``; it is closed
+    after."""
+    deadline = time.monotonic() + timeout
+    sink.run(threading.Event(), until=lambda: (
+        time.monotonic() > deadline
+        or all(sink.stats.positions.get(tp, 0) >= end for tp, end in targets.items())))
+    assert all(sink.stats.positions.get(tp, 0) >= end for tp, end in targets.items()), \
+        f"sink stuck at {sink.stats.positions}, want {targets}"
 
 
 
