@@ -255,12 +255,13 @@ class ClickHouseSink:
                 break
             msgs = self.consumer.consume(min(self.batch_rows - len(batch), 5000),
                                          timeout=min(left, wait))
-            for msg in msgs:
-                err = msg.error()
-                if err is None:
-                    batch.append(msg)
-                elif err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error", sink=self.name, error=str(err))
+            good = [msg for msg in msgs if msg.error() is None]
+            batch += good
+            if len(good) < len(msgs):
+                for msg in msgs:
+                    err = msg.error()
+                    if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("consumer error", sink=self.name, error=str(err))
         self.assignment = [(tp.topic, tp.partition) for tp in self.consumer.assignment()]
         return batch
 
