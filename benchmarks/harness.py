@@ -556,9 +556,9 @@ class Bench:
         """ledger_sink_eps: the real ledger sink (``sinks.ledger_sink.ledger_sink``: decode,
         the ledger check, the first-version screen, insert, commit) reading the pre-filled
         ledger topic into ledger_events, in this process as ``cxledger up`` runs it
-        (``ClickHouseSink.run`` on this thread, with its store thread). The clock runs from the end of its first
-        written batch (the group join and that batch are reported apart) until its positions
-        reach the producer's."""
+        (``ClickHouseSink.run`` on this thread, with its store thread). The clock runs from
+        the end of its first written batch (the group join and that batch are reported apart)
+        until its positions reach the producer's."""
         from sinks.ledger_sink import ledger_sink
 
         self._need_topic()
@@ -570,6 +570,7 @@ class Bench:
         started = time.monotonic()
         first_at, first_n = None, 0
         deadline = started + 300 + n / 2_000
+
         def after_batch() -> None:
             nonlocal first_at, first_n
             if first_at is None:
@@ -688,11 +689,14 @@ class Bench:
         sink = derived_sink(settings, self.client)
         started = time.monotonic()
         deadline = started + 600
+
+        def reached() -> bool:
+            return all(sink.stats.positions.get(tp, 0) >= end for tp, end in fence.items())
+
         try:
-            while not all(sink.stats.positions.get(tp, 0) >= end for tp, end in fence.items()):
-                sink.write(sink.poll_batch())
-                if time.monotonic() > deadline:
-                    raise BenchError("the derived sink did not reach the markers in 600 s")
+            sink.run(threading.Event(), until=lambda: reached() or time.monotonic() > deadline)
+            if not reached():
+                raise BenchError("the derived sink did not reach the markers in 600 s")
             seconds = time.monotonic() - started
         finally:
             sink.close()

@@ -11,7 +11,7 @@ from sinks.kafka_sink import ClickHouseSink
 def drain(sink: ClickHouseSink, targets: dict[tuple[str, int], int], timeout: float = 60.0) -> None:
     """Run ``sink`` batch by batch until it passed ``targets`` ((topic, partition) -> offset)."""
     deadline = time.monotonic() + timeout
-    while any(sink.stats.positions.get(tp, 0) < end for tp, end in targets.items()):
+    while not _passed(sink, targets):
         assert time.monotonic() < deadline, f"sink stuck at {sink.stats.positions}, want {targets}"
         sink.write(sink.poll_batch())
 
@@ -22,11 +22,13 @@ def run_until(sink: ClickHouseSink, targets: dict[tuple[str, int], int],
     while the store thread writes the one before) until it passed ``targets``; it is closed
     after."""
     deadline = time.monotonic() + timeout
-    sink.run(threading.Event(), until=lambda: (
-        time.monotonic() > deadline
-        or all(sink.stats.positions.get(tp, 0) >= end for tp, end in targets.items())))
-    assert all(sink.stats.positions.get(tp, 0) >= end for tp, end in targets.items()), \
-        f"sink stuck at {sink.stats.positions}, want {targets}"
+    sink.run(threading.Event(),
+             until=lambda: time.monotonic() > deadline or _passed(sink, targets))
+    assert _passed(sink, targets), f"sink stuck at {sink.stats.positions}, want {targets}"
+
+
+def _passed(sink: ClickHouseSink, targets: dict[tuple[str, int], int]) -> bool:
+    return all(sink.stats.positions.get(tp, 0) >= end for tp, end in targets.items())
 
 
 
