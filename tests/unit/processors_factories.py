@@ -262,3 +262,21 @@ def fold_events(*events, rules=None):
     for e in events:
         out += fold.apply(e)
     return fold, out
+
+
+def fold_simulated(n: int, seed: int, partitions: int) -> list[dict]:
+    """The derived events of ``n`` simulated events (the simulator's JSON form, validated)
+    folded in one batch over ``partitions`` ledger partitions, keyed as the SDK keys them."""
+    import zlib
+    from collections import defaultdict
+
+    from processors.batch import PartitionFolds
+    from processors.rules import load_rules
+    from producers.simulator import simulate
+    from schemas.validation import normalize_event, partition_key
+
+    batch = defaultdict(list)
+    for event in simulate(n, seed=seed):
+        record_ = normalize_event(event)
+        batch[zlib.crc32(partition_key(record_).encode()) % partitions].append(record_)
+    return PartitionFolds(load_rules()).fold_batch(batch)

@@ -1,31 +1,21 @@
 """The window partials of a drain travel as satisfaction.windows_updated: few messages, the
 same rows in the store."""
 
-import zlib
-from collections import defaultdict
-
 import pytest
 
-from processors.batch import PartitionFolds
 from processors.derived import message_key
-from processors.rules import load_rules
 from processors.window_batches import (MAX_PARTIALS, WINDOWS_UPDATED, pack_window_partials,
                                        windows_updated)
 from processors.windows import WINDOW_UPDATED
-from producers.simulator import simulate
 from schemas.codec import WireCodec
-from schemas.validation import normalize_event, partition_key
 from sinks.derived_sink import derived_row, map_derived
+from tests.unit.processors_factories import fold_simulated
 
 
 @pytest.fixture(scope="module")
 def derived():
     """The derived events of 20,000 simulated events folded in one batch, six partitions."""
-    batch = defaultdict(list)
-    for event in simulate(20_000, seed=3):
-        record = normalize_event(event)
-        batch[zlib.crc32(partition_key(record).encode()) % 6].append(record)
-    return PartitionFolds(load_rules()).fold_batch(batch)
+    return fold_simulated(20_000, seed=3, partitions=6)
 
 
 def test_the_store_gets_the_same_rows_through_the_wire(derived):
