@@ -91,6 +91,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "dashboard_views", ("migrations/0004_dashboard_views.sql",)),
     Migration(5, "settled_partitions", ("migrations/0005_settled_partitions.sql",)),
     Migration(6, "incident_events", ("migrations/0006_incident_events.sql",)),
+    Migration(7, "window_partials_inlet", ("migrations/0007_window_partials_inlet.sql",)),
 )
 
 # Distributed tables' sharding keys (cluster DDL). Every version of a ReplacingMergeTree row must
@@ -168,6 +169,9 @@ class MigrationReport:
 _CREATE_TABLE = re.compile(
     r"^CREATE TABLE IF NOT EXISTS (?P<table>\w+)\s*\((?P<body>.*)\)\s*ENGINE\s*=\s*"
     r"(?P<engine>\w*MergeTree)(?:\((?P<args>[^)]*)\))?(?P<rest>.*)$", re.S)
+# a Null table: an inlet that keeps nothing, for the materialized views over it
+_CREATE_INLET = re.compile(r"^CREATE TABLE IF NOT EXISTS (?P<table>\w+)\s*\((?P<body>.*)\)\s*"
+                           r"ENGINE\s*=\s*Null\s*$", re.S)
 _CREATE_VIEW = re.compile(r"^CREATE VIEW IF NOT EXISTS (?P<view>\w+) AS\s+(?P<query>.*)$", re.S)
 _ALTER = re.compile(r"^ALTER TABLE (?P<table>\w+)\s+(?P<rest>.*)$", re.S)
 _CREATE_MV = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (?P<view>\w+) TO (?P<table>\w+)"
@@ -181,12 +185,18 @@ def materialized_views(migrations: Sequence[Migration] = MIGRATIONS) -> dict[str
             for statement in migration.statements() if (m := _CREATE_MV.match(statement))}
 
 
+def inlets(migrations: Sequence[Migration] = MIGRATIONS) -> set[str]:
+    """The Null tables the migrations create."""
+    return {m["table"] for migration in migrations for statement in migration.statements()
+            if (m := _CREATE_INLET.match(statement))}
+
+
 def object_names(migrations: Sequence[Migration] = MIGRATIONS) -> tuple[set[str], set[str]]:
     """(tables, views) the migrations create."""
     tables, views = set(), set()
     for migration in migrations:
         for statement in migration.statements():
-            if m := _CREATE_TABLE.match(statement):
+            if m := (_CREATE_TABLE.match(statement) or _CREATE_INLET.match(statement)):
                 tables.add(m["table"])
             elif m := _CREATE_VIEW.match(statement):
                 views.add(m["view"])
@@ -226,6 +236,10 @@ def render_statement(statement: str, target: Target, names: Iterable[str]) -> li
             f"CREATE TABLE IF NOT EXISTS {database}.{table}{on} AS {database}.{local}\n"
             f"ENGINE = Distributed({target.cluster}, {database}, {local}, {SHARDING_KEYS[table]})",
         ]
+    if m := _CREATE_INLET.match(statement):
+        # one on every node: whichever node a sink writes to decodes what it is sent
+        return [f"CREATE TABLE IF NOT EXISTS {target.name(m['table'])}{on}\n({m['body']})\n"
+                f"ENGINE = Null"]
     if m := _ALTER.match(statement):
         # a table's own structure (indexes, TTL) lives on the local tables of a cluster; a new
         # column also on the Distributed table over them, which must show it too
@@ -242,8 +256,10 @@ def render_statement(statement: str, target: Target, names: Iterable[str]) -> li
     if m := _CREATE_MV.match(statement):
         # on a cluster each node's view reads what is inserted into its local ledger table and
         # writes to its local table: a row stays on the shard of the ledger row it came from
+        # (a view over an inlet writes through the Distributed table: sharded by its key)
         query, table = m["query"], m["table"]
-        if target.cluster:
+        over_inlet = re.search(r"\bFROM\s+(\w+)", query)[1] in inlets()
+        if target.cluster and not over_inlet:
             query = re.sub(r"\b(FROM|JOIN)(\s+)(\w+)\b", r"\1\2\3_local", query)
             table = f"{table}_local"
         query = _qualify_references(query, [*names, *(f"{n}_local" for n in names)], target)
