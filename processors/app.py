@@ -192,6 +192,9 @@ class DerivedProducer:
     def __init__(self, settings: Settings):
         self._settings = settings
         self._producer = Producer(settings.kafka_conf(**PRODUCER_DEFAULTS))
+        # with the settings' seal key, the derived events carry the seal: the derived sink
+        # then hands them to ClickHouse undecoded where it can (sinks.kafka_sink.AvroInlet)
+        self._sealer = sealer_of(settings.seal_key)
         self._failures: list[str] = []
         self._lock = threading.Lock()
 
@@ -228,14 +231,19 @@ class DerivedProducer:
                                   f"failures: {failures[:3]}")
 
     async def deliver(self, messages: list[tuple[str, bytes | None, bytes, int | None]],
-                      what: str) -> int:
+                      what: str, sealed: bool = False) -> int:
         """Send (topic, key, value, partition) messages and wait until all are acknowledged,
         sending them all again with bounded backoff until they are (a retry may write some
-        twice: the consumers keep the first copy). Returns the attempts it took."""
+        twice: the consumers keep the first copy). Returns the attempts it took. ``sealed``:
+        the values are what our encoder wrote from our folds; they carry the seal, if the
+        settings have a key (schemas.seal)."""
+        sealer = self._sealer if sealed else None
+        headers = [None if sealer is None else [sealer.header(key, value)]
+                   for _, key, value, _ in messages]
         attempt = 0
         while True:
-            for topic, key, value, partition in messages:
-                self.send(topic, key, value, partition=partition)
+            for (topic, key, value, partition), seal in zip(messages, headers):
+                self.send(topic, key, value, seal, partition=partition)
             try:
                 await self.settle()
                 break
@@ -410,11 +418,13 @@ def create_app(settings: Settings, rules: Rules | None = None, *, batch_size: in
             return [(state_topic, key.encode(), value, partition)
                     for partition, key, value in state_records(folds, partitions)]
 
-        await deliver(await loop.run_in_executor(None, encode_derived), "derived events")
+        await deliver(await loop.run_in_executor(None, encode_derived), "derived events",
+                      sealed=True)
         await deliver(await loop.run_in_executor(None, encode_state), "state")
 
-    async def deliver(messages: list[tuple[str, bytes, bytes, int | None]], what: str) -> None:
-        await producer.deliver(messages, what)  # every message acknowledged, or sent again
+    async def deliver(messages: list[tuple[str, bytes, bytes, int | None]], what: str,
+                      sealed: bool = False) -> None:
+        await producer.deliver(messages, what, sealed)  # every message acknowledged, or sent again
         for topic, n in Counter(topic for topic, _, _, _ in messages).items():
             metrics.events_out.labels(group, topic).inc(n)
 

@@ -124,7 +124,7 @@ class HallMonthsAgent:
         for_derived = self.settings.topics.for_derived
         await self.producer.deliver([(for_derived(d["event_type"]), message_key(d),
                                       codec.encode(d), None) for d in decided],
-                                    "hall decisions")
+                                    "hall decisions", sealed=True)
         await self.producer.deliver(
             [(state_topic(self.settings), STATE_KEY,
               json.dumps(fold.snapshot(), separators=(",", ":")).encode(), 0)],

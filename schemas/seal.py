@@ -11,6 +11,10 @@ the check; any other message (no seal, another key, a changed key or value) is c
 before. Without a key nothing is sealed and everything is checked: the seal makes consumers
 faster, never more permissive than a producer holding the key.
 
+The workers seal the derived events they encode with the same key: the derived sink then
+hands the window partials to ClickHouse undecoded (sinks.derived_sink), and reads the others
+without looking past the record.
+
 The seal covers the bytes, not a version of the rules: a record sealed by an older SDK is not
 checked again by a newer consumer. Like the PII key, the seal key is a secret: a producer that
 holds it can put into the ledger what the consumers would otherwise refuse.

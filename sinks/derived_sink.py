@@ -3,6 +3,13 @@
 ``DERIVED_TABLES`` is the one mapping from a derived event type to a table and its columns;
 the live sink and ``cxledger replay`` both write through it, so their tables can be compared
 row for row.
+
+On a stack with a seal key (``cxledger up`` makes one), the workers seal what they send and
+the sink hands the ``satisfaction.windows_updated`` messages, the window partials a worker
+drained (most of the derived rows), to ClickHouse undecoded: ClickHouse reads their Avro into
+``WINDOWS_INLET`` (a Null table, migration 7), whose materialized view writes each partial as
+the row this module's mapping would, without the GIL (the README's "Measured" has the
+figures).
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from clickhouse_connect.driver.client import Client
 from cxledger.config import Settings
 from processors.window_batches import WINDOWS_UPDATED, unpack_window_partials
 from schemas.codec import WireCodec
-from sinks.kafka_sink import ClickHouseSink
+from schemas.seal import sealer_of
+from sinks.kafka_sink import AvroInlet, ClickHouseSink
 
 # event type -> (table, ((column, record field), ...))
 _ENVELOPE = (("customer_id", "customer_id"), ("city", "city"))
@@ -87,6 +95,9 @@ DERIVED_TABLES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
 _PLANS = {t: (table, tuple(c for c, _ in cols), tuple(f for _, f in cols))
           for t, (table, cols) in DERIVED_TABLES.items()}
 DERIVED_GROUP = "cxledger-derived-sink"
+#: The Null table ClickHouse decodes the worker's sealed window-partial messages into.
+WINDOWS_INLET = AvroInlet("satisfaction_windows_updated_in", "satisfaction_window_partials",
+                          rows_in="partials")
 
 
 def derived_row(record: dict[str, Any]) -> tuple[str, tuple[str, ...], list[Any]] | None:
@@ -119,5 +130,7 @@ def derived_sink(settings: Settings, client: Client, codec: WireCodec | None = N
     rows are few and are what dashboards show live), not the ledger sink's ``batch_seconds``."""
     topics = list(dict.fromkeys(settings.topics.derived.values()))
     kwargs.setdefault("batch_seconds", settings.sink_derived_batch_seconds)
+    kwargs.setdefault("sealer", sealer_of(settings.seal_key))
+    kwargs.setdefault("inlets", {WINDOWS_UPDATED: WINDOWS_INLET})
     return ClickHouseSink(settings, client, topics, DERIVED_GROUP, map_derived, codec=codec,
                           **kwargs)

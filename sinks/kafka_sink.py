@@ -5,7 +5,9 @@ Order per batch (the only place that owns it):
      for the ledger sink, ``derived_batch_seconds`` for the derived sink);
   2. decode each message; undecodable ones become dead letters with the reason, and so do
      those the sink's check refuses (the ledger sink: the SDK's checks, unless the message
-     carries the SDK's valid seal, ``schemas.seal``);
+     carries the SDK's valid seal, ``schemas.seal``). A sealed message of a type with an
+     ``AvroInlet`` is not decoded here: ClickHouse decodes it in step 4 (if it does not take
+     it, it is decoded here then);
   3. screen the rows (the ledger sink keeps the first version of an event id: a later one with
      other content becomes a dead letter, an identical one is dropped);
   4. insert the rows, table by table, with a deduplication token per (topic, partition,
@@ -53,6 +55,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from cxledger.config import Settings
 from cxledger.metrics import Metrics, process_metrics
 from schemas.codec import DecodeError, WireCodec
+from schemas.container import items_in, object_container
 from schemas.deadletter import deadletter_message
 from schemas.seal import Sealer, is_sealed
 
@@ -143,6 +146,7 @@ def consumer_conf(settings: Settings, group_id: str, **extra: Any) -> dict[str, 
 class SinkStats:
     consumed: int = 0
     written: int = 0
+    via_inlets: int = 0  # of those, rows ClickHouse decoded itself (AvroInlet)
     deadlettered: int = 0
     batches: int = 0
     last_write: float | None = None  # wall time of the last batch written
@@ -152,14 +156,28 @@ class SinkStats:
     fault_since: float | None = None
 
 
+@dataclass(frozen=True)
+class AvroInlet:
+    """Where a type's sealed messages go undecoded: ``table`` takes them ``FORMAT Avro``
+    (ClickHouse decodes them: a Null table whose materialized view writes the rows into
+    ``rows_table``). ``rows_in``: the array field whose items are those rows (None: one per
+    message); counted as rows written to ``rows_table``, as the sink's own inserts are."""
+    table: str
+    rows_table: str
+    rows_in: str | None = None
+
+
 @dataclass
 class _Pending:
-    """One batch on its way to the store: rows per table, each with its source message."""
+    """One batch on its way to the store: rows per table, each with its source message, and
+    the messages that go to an inlet as they are, per (inlet, schema id)."""
     rows: dict[tuple[str, tuple[str, ...]], list[list[Any]]]
     sources: dict[tuple[str, tuple[str, ...]], list[tuple[Message, int]]]
     dead: list[tuple[Message, int, str]]
     offsets: dict[tuple[str, int], tuple[int, int]]
     token: str
+    raw: dict[tuple[AvroInlet, int], list[tuple[Message, int]]] = field(default_factory=dict)
+    raw_rows: Counter = field(default_factory=Counter)  # table -> rows the inlets' views wrote
     done: set = field(default_factory=set)  # tables already written
 
 
@@ -174,7 +192,8 @@ class ClickHouseSink:
                  consumer_extra: dict[str, Any] | None = None,
                  offset_base: Mapping[tuple[str, int], int] | None = None,
                  screen: Screen | None = None, check: Check | None = None,
-                 sealer: Sealer | None = None, metrics: Metrics | None = None):
+                 sealer: Sealer | None = None, metrics: Metrics | None = None,
+                 inlets: Mapping[str, AvroInlet] | None = None):
         self.settings = settings
         self.client = client
         self.topics = topics
@@ -197,6 +216,9 @@ class ClickHouseSink:
         self.screen = screen
         self.check = check
         self.sealer = sealer  # a message with its valid seal needs no ``check`` (schemas.seal)
+        # event type -> the inlet its sealed messages go to undecoded (ClickHouse decodes them)
+        self.inlets = dict(inlets or {}) if sealer is not None else {}
+        self._inlet_of_id: dict[int, tuple[AvroInlet, dict[str, Any]] | None] = {}
         self.stats = SinkStats()
         self._stop = threading.Event()  # set by ``run``'s caller: give up retrying, commit nothing
         self._subscribed = False
@@ -285,7 +307,9 @@ class ClickHouseSink:
         self._commit([TopicPartition(t, p, hi + 1) for (t, p), (_, hi) in offsets.items()])
         self._count(batch, pending)
         self.stats.consumed += len(batch)
-        self.stats.written += sum(len(r) for r in pending.rows.values())
+        self.stats.via_inlets += sum(pending.raw_rows.values())
+        self.stats.written += sum(len(r) for r in pending.rows.values()) + sum(
+            pending.raw_rows.values())
         self.stats.deadlettered += len(pending.dead)
         self.stats.batches += 1
         self.stats.last_write = time.time()
@@ -301,12 +325,15 @@ class ClickHouseSink:
         for (table, _), rows in pending.rows.items():
             if rows:
                 m.rows_written.labels(self.name, table).inc(len(rows))
+        for table, n in pending.raw_rows.items():
+            m.rows_written.labels(self.name, table).inc(n)
         m.batch_messages.labels(self.name).observe(len(batch))
 
     def _prepare(self, batch: list[Message]) -> _Pending:
         rows: dict = defaultdict(list)
         sources: dict = defaultdict(list)
         dead: list[tuple[Message, int, str]] = []
+        raw: dict[tuple[AvroInlet, int], list[tuple[Message, int]]] = {}
         offsets: dict[tuple[str, int], tuple[int, int]] = {}
         base = self.offset_base
         for msg in batch:
@@ -317,24 +344,49 @@ class ClickHouseSink:
                 continue
             position = msg.offset() + base.get(tp, 0)
             sealed = is_sealed(self.sealer, msg)
-            try:
-                record, schema_id = self.codec.decode(msg.value(), sealed)
-            except DecodeError as exc:
-                dead.append((msg, position, str(exc)))
-                continue
-            refusal = (self.check(record, msg.key())
-                       if self.check is not None and not sealed else None)
-            if refusal:
-                dead.append((msg, position, refusal))
-                continue
-            for table, columns, row in self.mapper(record, schema_id, msg.partition(), position):
-                rows[(table, columns)].append(row)
-                sources[(table, columns)].append((msg, position))
+            if sealed and self.inlets:
+                inlet = self._inlet(msg.value())
+                if inlet is not None:
+                    raw.setdefault(inlet, []).append((msg, position))
+                    continue
+            self._decode_into(rows, sources, dead, msg, position, sealed)
         # Positions, not offsets: on the local broker offsets start again at 0 after a restart,
         # and a token seen before would make ClickHouse drop a new batch as a duplicate.
         token = ",".join(f"{t}:{p}:{lo + base.get((t, p), 0)}-{hi + base.get((t, p), 0)}"
                          for (t, p), (lo, hi) in sorted(offsets.items()))
-        return _Pending(rows, sources, dead, offsets, token)
+        return _Pending(rows, sources, dead, offsets, token, raw)
+
+    def _decode_into(self, rows: dict, sources: dict, dead: list, msg: Message, position: int,
+                     sealed: bool) -> None:
+        """Decode, check and map one message into ``rows`` (or ``dead``)."""
+        try:
+            record, schema_id = self.codec.decode(msg.value(), sealed)
+        except DecodeError as exc:
+            dead.append((msg, position, str(exc)))
+            return
+        refusal = (self.check(record, msg.key())
+                   if self.check is not None and not sealed else None)
+        if refusal:
+            dead.append((msg, position, refusal))
+            return
+        for table, columns, row in self.mapper(record, schema_id, msg.partition(), position):
+            rows[(table, columns)].append(row)
+            sources[(table, columns)].append((msg, position))
+
+    def _inlet(self, value: bytes | None) -> tuple[AvroInlet, int] | None:
+        """(inlet, schema id) for a message of a type that has an inlet, else None."""
+        if value is None or len(value) < 5 or value[0] != 0:
+            return None
+        schema_id = int.from_bytes(value[1:5], "big")
+        if schema_id not in self._inlet_of_id:
+            try:
+                event_type, definition = self.codec.ids.schema_for_id(schema_id)
+            except KeyError:
+                event_type, definition = None, {}
+            inlet = self.inlets.get(event_type)
+            self._inlet_of_id[schema_id] = None if inlet is None else (inlet, definition)
+        found = self._inlet_of_id[schema_id]
+        return None if found is None else (found[0], schema_id)
 
     def _store(self, pending: _Pending, failed: Exception | None = None) -> bool:
         """Write the batch's rows and dead letters, retrying store faults; False if asked to
@@ -393,6 +445,10 @@ class ClickHouseSink:
                 self.consumer.resume(assignment)
 
     def _write_tables(self, pending: _Pending) -> None:
+        for key in list(pending.raw):  # first: a batch the store cannot read comes back as rows
+            if key not in pending.done:
+                self._insert_raw(pending, *key)
+                pending.done.add(key)
         for key in list(pending.rows):
             if key in pending.done:
                 continue
@@ -408,6 +464,30 @@ class ClickHouseSink:
             token = f"{self.name}/{table}/{pending.token}"
             pending.dead += self._insert_isolating(table, columns, rows, sources, token)
             pending.done.add(key)
+
+    def _insert_raw(self, pending: _Pending, inlet: AvroInlet, schema_id: int) -> None:
+        """The messages of one inlet and schema id, undecoded, as one Avro object container
+        (ClickHouse decodes it). If the store does not take it, for whatever reason, they are
+        decoded here into ``pending.rows`` instead, where a bad one becomes a dead letter (and
+        a store fault is retried as for any rows)."""
+        messages = pending.raw[(inlet, schema_id)]
+        definition = self._inlet_of_id[schema_id][1]
+        bodies = [msg.value()[5:] for msg, _ in messages]
+        token = f"{self.name}/{inlet.table}/{pending.token}"
+        try:
+            self.client.raw_insert(inlet.table, insert_block=object_container(definition, bodies),
+                                   fmt="Avro", settings={"insert_deduplication_token": token})
+        except Exception as exc:
+            log.warning("the store did not take the messages as Avro; decoding them here",
+                        sink=self.name, table=inlet.table, messages=len(messages),
+                        error=str(exc).strip()[:300])
+            for msg, position in messages:
+                self._decode_into(pending.rows, pending.sources, pending.dead, msg, position,
+                                  sealed=True)
+            return
+        pending.raw_rows[inlet.rows_table] += (
+            len(bodies) if inlet.rows_in is None else
+            sum(items_in(definition, body, inlet.rows_in) for body in bodies))
 
     def _insert_isolating(self, table: str, columns: tuple[str, ...], rows: list[list[Any]],
                           sources: list[tuple[Message, int]],
@@ -536,7 +616,8 @@ class ClickHouseSink:
             self.deadletter.flush(10)
             self.deadletter = None  # release its connections now, while the broker is up
         log.info("sink stopped", sink=self.name, consumed=self.stats.consumed,
-                 written=self.stats.written, deadlettered=self.stats.deadlettered)
+                 written=self.stats.written, via_inlets=self.stats.via_inlets,
+                 deadlettered=self.stats.deadlettered)
 
 
 def positions_in_store(client: Client, settings: Settings) -> dict[tuple[str, int], int]:

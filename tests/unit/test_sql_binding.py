@@ -53,6 +53,9 @@ REVIEWED = {
         "the shipped migrations' view statements, rendered by sinks.migrations for the "
         "connection's database and a recorded cluster name; their placeholders are numbers "
         "from the rules file, formatted by view_params",
+    ("sinks/kafka_sink.py", "_insert_raw"):
+        "client.raw_insert(table, container): the messages are sent as data; table is an "
+        "AvroInlet's, one of our table names (sinks.derived_sink.WINDOWS_INLET)",
     ("sinks/kafka_sink.py", "_insert_isolating"):
         "client.insert(table, rows): rows are sent as data; table is one of our table names",
     ("sinks/ledger_sink.py", "keep_first_version"):
