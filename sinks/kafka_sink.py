@@ -160,11 +160,11 @@ class SinkStats:
 class AvroInlet:
     """Where a type's sealed messages go undecoded: ``table`` takes them ``FORMAT Avro``
     (ClickHouse decodes them: a Null table whose materialized view writes the rows into
-    ``rows_table``). ``rows_in``: the array field whose items are those rows (None: one per
-    message); counted as rows written to ``rows_table``, as the sink's own inserts are."""
+    ``rows_table``). ``rows_in``: the array field whose items are those rows, counted as rows
+    written to ``rows_table``, as the sink's own inserts are."""
     table: str
     rows_table: str
-    rows_in: str | None = None
+    rows_in: str
 
 
 @dataclass
@@ -307,9 +307,9 @@ class ClickHouseSink:
         self._commit([TopicPartition(t, p, hi + 1) for (t, p), (_, hi) in offsets.items()])
         self._count(batch, pending)
         self.stats.consumed += len(batch)
-        self.stats.via_inlets += sum(pending.raw_rows.values())
-        self.stats.written += sum(len(r) for r in pending.rows.values()) + sum(
-            pending.raw_rows.values())
+        via_inlets = sum(pending.raw_rows.values())
+        self.stats.via_inlets += via_inlets
+        self.stats.written += sum(len(r) for r in pending.rows.values()) + via_inlets
         self.stats.deadlettered += len(pending.dead)
         self.stats.batches += 1
         self.stats.last_write = time.time()
@@ -485,9 +485,8 @@ class ClickHouseSink:
                 self._decode_into(pending.rows, pending.sources, pending.dead, msg, position,
                                   sealed=True)
             return
-        pending.raw_rows[inlet.rows_table] += (
-            len(bodies) if inlet.rows_in is None else
-            sum(items_in(definition, body, inlet.rows_in) for body in bodies))
+        pending.raw_rows[inlet.rows_table] += sum(items_in(definition, body, inlet.rows_in)
+                                                  for body in bodies)
 
     def _insert_isolating(self, table: str, columns: tuple[str, ...], rows: list[list[Any]],
                           sources: list[tuple[Message, int]],
