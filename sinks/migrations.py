@@ -9,7 +9,9 @@ applied one. Two more kinds of statement: ``CREATE MATERIALIZED VIEW IF NOT EXIS
 SELECT ...`` (ClickHouse fills ``t`` from every later insert into the view's source), and
 ``INSERT INTO t COPY FROM v``, which fills ``t`` with what ``v`` would have written for the rows
 already in its source (``v``'s own query, so that it is written once); run twice, it writes the
-rows twice, which the ReplacingMergeTree tables such views fill collapse (FINAL).
+rows twice, which the ReplacingMergeTree tables such views fill collapse (FINAL). And
+``CREATE MATERIALIZED VIEW IF NOT EXISTS v REFRESH EVERY ... TO t AS SELECT ...``: ClickHouse
+replaces ``t`` (a snapshot table) with the query's rows on that schedule, in the background.
 
 ``migrate`` (what ``cxledger db migrate`` and ``sinks.clickhouse.create_tables`` run):
 
@@ -34,7 +36,9 @@ gets every ``*MergeTree`` table as a ``Replicated*MergeTree`` ``<table>_local`` 
 sinks, views and dashboards use the same names on one node and on a cluster. Every statement
 runs ``ON CLUSTER``. Sharding keys keep what must meet on one shard together:
 ``ReplacingMergeTree`` collapses duplicates only within a shard, so every version of a row must
-land on the same shard; by customer for the ledger and the per-customer tables.
+land on the same shard; by customer for the ledger and the per-customer tables. A snapshot
+table is the exception: every node refreshes a whole copy of its own, from the Distributed
+tables.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "settled_partitions", ("migrations/0005_settled_partitions.sql",)),
     Migration(6, "incident_events", ("migrations/0006_incident_events.sql",)),
     Migration(7, "window_partials_inlet", ("migrations/0007_window_partials_inlet.sql",)),
+    Migration(8, "dashboard_snapshots", ("migrations/0008_dashboard_snapshots.sql",)),
 )
 
 # Distributed tables' sharding keys (cluster DDL). Every version of a ReplacingMergeTree row must
@@ -177,12 +182,33 @@ _ALTER = re.compile(r"^ALTER TABLE (?P<table>\w+)\s+(?P<rest>.*)$", re.S)
 _CREATE_MV = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (?P<view>\w+) TO (?P<table>\w+)"
                         r" AS\s+(?P<query>.*)$", re.S)
 _COPY = re.compile(r"^INSERT INTO (?P<table>\w+) COPY FROM (?P<view>\w+)$")
+# a refreshable materialized view: ClickHouse replaces the table with the query's rows on a
+# schedule (REFRESH EVERY ...), in the background
+_CREATE_REFRESHABLE = re.compile(
+    r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (?P<view>\w+) (?P<schedule>REFRESH EVERY [^\n]+?) "
+    r"TO (?P<table>\w+) AS\s+(?P<query>.*)$", re.S)
+# engines of a database that may hold a refreshable view (chDB's default database, Overlay,
+# refuses one)
+REFRESHABLE_ENGINES = ("Atomic", "Replicated")
 
 
 def materialized_views(migrations: Sequence[Migration] = MIGRATIONS) -> dict[str, tuple[str, str]]:
     """Materialized view -> (the table it fills, its query), as the migrations create them."""
     return {m["view"]: (m["table"], m["query"]) for migration in migrations
             for statement in migration.statements() if (m := _CREATE_MV.match(statement))}
+
+
+def snapshot_tables(migrations: Sequence[Migration] = MIGRATIONS) -> dict[str, str]:
+    """Snapshot table -> the refreshable view that fills it, as the migrations create them."""
+    return {m["table"]: m["view"] for migration in migrations
+            for statement in migration.statements()
+            if (m := _CREATE_REFRESHABLE.match(statement))}
+
+
+def refreshers_database(database: str) -> str:
+    """The Atomic database beside ``database`` that holds its refreshable views when its own
+    engine cannot (chDB's default database). The tables they fill stay in ``database``."""
+    return f"{database}_refreshers"
 
 
 def inlets(migrations: Sequence[Migration] = MIGRATIONS) -> set[str]:
@@ -210,15 +236,22 @@ def _qualify_references(query: str, names: Iterable[str], target: Target) -> str
     return re.sub(pattern, lambda m: f"{m[1]}{m[2]}{target.database}.{m[3]}", query)
 
 
-def render_statement(statement: str, target: Target, names: Iterable[str]) -> list[str]:
+def render_statement(statement: str, target: Target, names: Iterable[str],
+                     home: str | None = None) -> list[str]:
     """One migration statement for ``target``: qualified, and for a cluster replicated,
-    distributed and ``ON CLUSTER``."""
+    distributed and ``ON CLUSTER``. ``home``: the connection's database when its engine cannot
+    hold a refreshable view (see ``refreshers_database``)."""
     on = f" ON CLUSTER {target.cluster}" if target.cluster else ""
     if m := _CREATE_TABLE.match(statement):
         table = m["table"]
         if not target.cluster:  # the statement as written, the name qualified
             return [statement.replace(f"CREATE TABLE IF NOT EXISTS {table}",
                                       f"CREATE TABLE IF NOT EXISTS {target.name(table)}", 1)]
+        if table in snapshot_tables():
+            # a snapshot table: every node refreshes a whole copy of its own from
+            # the Distributed tables, so it is neither replicated nor distributed
+            return [statement.replace(f"CREATE TABLE IF NOT EXISTS {table}",
+                                      f"CREATE TABLE IF NOT EXISTS {target.name(table)}{on}", 1)]
         if table not in SHARDING_KEYS:
             raise MigrationError(f"no sharding key for table {table}: add it to "
                                  "sinks.migrations.SHARDING_KEYS")
@@ -265,6 +298,14 @@ def render_statement(statement: str, target: Target, names: Iterable[str]) -> li
         query = _qualify_references(query, [*names, *(f"{n}_local" for n in names)], target)
         return [f"CREATE MATERIALIZED VIEW IF NOT EXISTS {target.name(m['view'])}{on} "
                 f"TO {target.name(table)} AS\n{query}"]
+    if m := _CREATE_REFRESHABLE.match(statement):
+        # on a cluster, one per node, over the Distributed tables and views
+        where = Target(home) if home else target
+        query = _qualify_references(m["query"], names, where)
+        view = (f"{refreshers_database(home)}.{m['view']}" if home
+                else target.name(m["view"]))
+        return [f"CREATE MATERIALIZED VIEW IF NOT EXISTS {view}{on} {m['schedule']} "
+                f"TO {where.name(m['table'])} AS\n{query}"]
     if m := _COPY.match(statement):
         # what the materialized view would have written for the rows already in its source
         # (on a cluster through the Distributed tables, whose sharding key puts each row
@@ -277,7 +318,8 @@ def render_statement(statement: str, target: Target, names: Iterable[str]) -> li
         return [f"INSERT INTO {target.name(m['table'])}\n{query}"]
     raise MigrationError(f"cannot render this statement for a cluster or another database "
                          f"(only CREATE TABLE/VIEW IF NOT EXISTS, CREATE MATERIALIZED VIEW IF NOT "
-                         f"EXISTS ... TO, INSERT INTO ... COPY FROM and ALTER TABLE): "
+                         f"EXISTS ... [REFRESH EVERY ...] TO, INSERT INTO ... COPY FROM and ALTER "
+                         f"TABLE): "
                          f"{statement[:80]!r}")
 
 
@@ -302,14 +344,15 @@ def migrations_table_ddl(target: Target) -> str:
 
 def render_migration(migration: Migration, target: Target, params: dict[str, str] | None = None,
                      names: Iterable[str] | None = None,
-                     migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:
+                     migrations: Sequence[Migration] = MIGRATIONS,
+                     home: str | None = None) -> list[str]:
     if names is None:
         tables, views = object_names()
         names = tables | views
     out: list[str] = []
     earlier = _views_before(migration.version, migrations)
     for statement in migration.statements(params):
-        rendered = render_statement(statement, target, names)
+        rendered = render_statement(statement, target, names, home)
         if (m := _CREATE_VIEW.match(statement)) and m["view"] in earlier:
             # a view an earlier migration made, defined anew (its columns kept: later views
             # read it): replaced, since IF NOT EXISTS would keep the old one
@@ -486,14 +529,24 @@ def migrate(client, *, cluster: str | None = None, params: dict[str, str] | None
         _refresh_views(client, params, cluster, migrations)
         return report
     tables, views = object_names(migrations)
+    home = None  # see refreshers_database
+    if not cluster and any(_CREATE_REFRESHABLE.match(statement) for migration in pending
+                           for statement in migration.statements()):
+        engine = _scalar(client, "SELECT engine FROM system.databases "
+                                 "WHERE name = currentDatabase()")
+        if engine not in REFRESHABLE_ENGINES:
+            home = database
     adopting = applied is None and any(
         _table_exists(client, f"{t}_local" if cluster else t) for t in tables)
     try:
         if applied is None:
             client.command(migrations_table_ddl(target))
+        if home:
+            client.command(f"CREATE DATABASE IF NOT EXISTS {refreshers_database(home)} "
+                           "ENGINE = Atomic")
         for migration in pending:
             for statement in render_migration(migration, target, params, tables | views,
-                                              migrations):
+                                              migrations, home):
                 client.command(statement)
             how = "applied"
             if adopting and migration.version == 1:
@@ -521,6 +574,24 @@ def migrate(client, *, cluster: str | None = None, params: dict[str, str] | None
         raise
     _refresh_views(client, params, cluster, migrations)
     return report
+
+
+def refresh_snapshots(client) -> list[str]:
+    """Refresh the tables of every refreshable view of the connection's database now, and wait
+    until they hold what the store holds (tests and the benchmark read them right after
+    writing). Returns the views, qualified; raises what a failed refresh raised."""
+    database = current_database(client)
+    ours = set(snapshot_tables().values())
+    views = [f"{db}.{view}" for db, view in client.query(
+        "SELECT database, view FROM system.view_refreshes WHERE database IN {dbs:Array(String)} "
+        "ORDER BY database, view",
+        parameters={"dbs": [database, refreshers_database(database)]}).result_rows
+        if view in ours]
+    for view in views:
+        client.command(f"SYSTEM REFRESH VIEW {view}")
+    for view in views:
+        client.command(f"SYSTEM WAIT VIEW {view}")
+    return views
 
 
 def _refresh_views(client, params: dict[str, str] | None, cluster: str | None,

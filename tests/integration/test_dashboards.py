@@ -693,10 +693,14 @@ def seed_halls(client) -> None:
 
 @pytest.fixture(scope="module")
 def seeded(clickhouse):
-    """The shared store with this module's rows; they are deleted again afterwards."""
+    """The shared store with this module's rows; they are deleted again afterwards. The
+    snapshot tables some panels read (migration 8) are refreshed before the panels run."""
+    from sinks.migrations import refresh_snapshots
+
     try:
         seed(clickhouse)
         seed_halls(clickhouse)
+        assert len(refresh_snapshots(clickhouse)) == 6
         yield clickhouse
     finally:
         for table in SEEDED_TABLES:

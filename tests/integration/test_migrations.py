@@ -32,7 +32,8 @@ from sinks.clickhouse import create_tables, statements, view_params
 from sinks.migrations import (MIGRATIONS, MIGRATIONS_TABLE, SHARDING_KEYS, Migration,
                               MigrationError, SchemaTooNew, Target, _column_types,
                               applied_migrations, ddl_script, inlets, latest_version,
-                              migrate, object_names, render_ddl)
+                              migrate, object_names, refresh_snapshots, refreshers_database,
+                              render_ddl, snapshot_tables)
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LEGACY_DDL = ROOT / "tests" / "data" / "ddl_before_migrations"
 TABLES, VIEWS = object_names()
 TABLES -= inlets()  # Null tables: the same on every node, no data (migration 7)
+SNAPSHOTS = snapshot_tables()  # table -> the refreshable view that fills it (migration 8)
+TABLES -= set(SNAPSHOTS)  # a whole copy on every node
 TABLES_1, _ = object_names(MIGRATIONS[:1])  # what a store made before migrations has
 
 
@@ -60,9 +63,11 @@ def database(store_dir, clickhouse):
 
 
 def schema(client, database: str) -> dict[str, tuple[str, str]]:
-    """name -> (engine, CREATE statement with the database name taken out)."""
+    """name -> (engine, CREATE statement with the database name taken out). Not the tables a
+    refreshable view fills while it refreshes (.tmp.inner...: exchanged when it is done)."""
     rows = client.query("SELECT name, engine, create_table_query FROM system.tables "
-                        "WHERE database = {db:String}", parameters={"db": database}).result_rows
+                        "WHERE database = {db:String} AND NOT startsWith(name, '.tmp')",
+                        parameters={"db": database}).result_rows
     return {name: (engine, query.replace(f"{database}.", "DB.")) for name, engine, query in rows}
 
 
@@ -259,6 +264,13 @@ def test_the_cluster_ddl_is_replicated_distributed_and_on_cluster(clickhouse):
             m = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
             if m and m.group(1) in inlets():
                 assert f"CREATE TABLE IF NOT EXISTS cx.{m.group(1)} ON CLUSTER prod" in text
+            elif m and m.group(1) in SNAPSHOTS:  # a plain table on every node, and its view
+                table, view = m.group(1), SNAPSHOTS[m.group(1)]
+                assert re.search(rf"CREATE TABLE IF NOT EXISTS cx\.{table} ON CLUSTER prod\n"
+                                 r"\([^;]*\)\s*ENGINE = MergeTree\b", creates[table]), creates[table]
+                assert (f"CREATE MATERIALIZED VIEW IF NOT EXISTS cx.{view} ON CLUSTER prod "
+                        f"REFRESH EVERY 10 SECOND TO cx.{table} AS\n"
+                        f"SELECT * FROM cx.{table.removesuffix('_snapshot')}") in text
             elif m:
                 columns[m.group(1)] = set(_column_types(statement))
             m = re.match(r"ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+)", statement)
@@ -541,3 +553,45 @@ def test_the_incidents_come_from_a_table_of_their_own_with_the_same_rows(databas
         "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() "
         "AND name = 'incidents'").result_rows[0][0]
     assert migrate(client, migrations=MIGRATIONS[:6]).applied == []
+
+
+def test_the_dashboard_snapshots_hold_their_views_rows_and_follow_the_store(database, clickhouse):
+    """Migration 8: each snapshot table holds its view's rows once refreshed, and ClickHouse
+    refreshes it by itself within 10 seconds of a change. In a database that may hold
+    refreshable views (Atomic) they live in it; in chDB's default database (Overlay, the
+    shared store's) in an Atomic database beside it, still filling the tables there."""
+    from sinks.ledger_sink import LEDGER_COLUMNS, ledger_row
+
+    name, client = database("t_snap")
+    migrate(client)
+    records = _records_with_an_open_incident()
+    client.insert("ledger_events", [ledger_row(r, 1, 0, i) for i, r in enumerate(records)],
+                  column_names=list(LEDGER_COLUMNS))
+    _write_folded(client, records)
+    assert sorted(refresh_snapshots(client)) == sorted(f"{name}.{v}" for v in SNAPSHOTS.values())
+    for table in SNAPSHOTS:
+        view = table.removesuffix("_snapshot")
+        rows = client.query(f"SELECT * FROM {view} ORDER BY ALL").result_rows
+        assert client.query(f"SELECT * FROM {table} ORDER BY ALL").result_rows == rows, table
+        if view in ("hall_metrics_monthly", "hall_metrics_district_monthly",
+                    "contact_volume_hourly", "hall_satisfaction_monthly"):
+            assert rows, view
+
+    # one more hall visit, of a hall never seen: the snapshot shows it within 10 seconds
+    visit = next(r for r in records if r["event_type"] == "hall.visit_completed")
+    new = {**visit, "event_id": str(uuid.uuid4()), "hall_id": "H-SNAPSHOT"}
+    client.insert("ledger_events", [ledger_row(new, 1, 0, len(records))],
+                  column_names=list(LEDGER_COLUMNS))
+    seen = lambda: client.query("SELECT count() FROM hall_metrics_monthly_snapshot "  # noqa: E731
+                                "WHERE hall_id = 'H-SNAPSHOT'").result_rows[0][0]
+    assert not seen()
+    deadline = time.monotonic() + 15
+    while not seen() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert seen() == 1, "the snapshot was not refreshed within 15 s"
+
+    home = clickhouse.query("SELECT currentDatabase(), engine FROM system.databases "
+                            "WHERE name = currentDatabase()").result_rows[0]
+    assert home[1] == "Overlay"
+    assert sorted(refresh_snapshots(clickhouse)) == sorted(
+        f"{refreshers_database(home[0])}.{v}" for v in SNAPSHOTS.values())

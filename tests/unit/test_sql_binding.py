@@ -69,6 +69,10 @@ REVIEWED = {
     ("sinks/migrations.py", "migrate"):
         "the shipped migrations, rendered for a database and cluster the CLI checks are "
         "identifiers; rows go as data",
+    ("sinks/migrations.py", "refresh_snapshots"):
+        "the refreshable views the store lists in system.view_refreshes, kept only when they "
+        "are ours (names of the shipped migrations), in the connection's database or the one "
+        "beside it",
     ("sinks/replay.py", "create_replay_tables"):
         "REPLAY_DB/LIVE_COPY_DB and derived table names: constant identifiers of ours",
     ("sinks/replay.py", "copy_live_tables"):
