@@ -1,13 +1,13 @@
 -- Migration 8: the dashboards' six heaviest views as snapshot tables, which ClickHouse replaces
--- with the view's rows once a minute (refreshable materialized views; each at a random second
--- of the first ten, so that the six do not run at once), so that a panel reads a few thousand
--- stored rows instead of aggregating the whole span on every load. The views stay what they
--- are, exact at query time, for SQL users; the dashboards (reloaded every minute, the service
--- halls every five) read the snapshots, at most about 70 seconds old. A refresh recomputes the
--- whole view (the six took 0.8-1.2 s together on the single-machine stack at 5,000 events/s),
--- so more often would cost the stack's two cores more for nothing a dashboard shows.
--- `SYSTEM REFRESH VIEW <view>` refreshes one at once (sinks.migrations.refresh_snapshots: all
--- of them, waiting for them).
+-- with the view's rows once a minute (refreshable materialized views; RANDOMIZE FOR 10 SECOND
+-- moves each refresh up to 5 seconds either way, so that the six do not all start at once), so
+-- that a panel reads a few thousand stored rows instead of aggregating the whole span on every
+-- load. The views stay what they are, exact at query time, for SQL users; the dashboards
+-- (reloaded every minute, the service halls every five) read the snapshots, at most about 65
+-- seconds old. A refresh recomputes the whole view (the six took 0.8-1.2 s together on the
+-- single-machine stack at 5,000 events/s), so more often would cost the stack's two cores more
+-- for nothing a dashboard shows. `SYSTEM REFRESH VIEW <view>` refreshes one at once
+-- (sinks.migrations.refresh_snapshots: all of them, waiting for them).
 -- * hall_metrics_monthly: "Halls per month", "Handheld share and on-site resolution", "SMS
 --   satisfaction per month" and two stats;
 -- * hall_metrics_district_monthly: "Districts per month";
