@@ -268,9 +268,10 @@ def test_the_cluster_ddl_is_replicated_distributed_and_on_cluster(clickhouse):
                 table, view = m.group(1), SNAPSHOTS[m.group(1)]
                 assert re.search(rf"CREATE TABLE IF NOT EXISTS cx\.{table} ON CLUSTER prod\n"
                                  r"\([^;]*\)\s*ENGINE = MergeTree\b", creates[table]), creates[table]
-                assert (f"CREATE MATERIALIZED VIEW IF NOT EXISTS cx.{view} ON CLUSTER prod "
-                        f"REFRESH EVERY 1 MINUTE RANDOMIZE FOR 10 SECOND TO cx.{table} AS\n"
-                        f"SELECT * FROM cx.{table.removesuffix('_snapshot')}") in text
+                assert re.search(
+                    rf"CREATE MATERIALIZED VIEW IF NOT EXISTS cx\.{view} ON CLUSTER prod REFRESH "
+                    rf"EVERY [15] MINUTE RANDOMIZE FOR (10 SECOND|1 MINUTE) TO cx\.{table} AS\n"
+                    rf"SELECT \* FROM cx\.{table.removesuffix('_snapshot')}\n", text + "\n"), view
             elif m:
                 columns[m.group(1)] = set(_column_types(statement))
             m = re.match(r"ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+)", statement)
@@ -557,8 +558,9 @@ def test_the_incidents_come_from_a_table_of_their_own_with_the_same_rows(databas
 
 def test_the_dashboard_snapshots_hold_their_views_rows_and_follow_the_store(database, clickhouse):
     """Migration 8: each snapshot table holds its view's rows once refreshed, a later change
-    once refreshed again, and ClickHouse has the next refresh scheduled within the minute (and
-    its random 10 s). In a database that may hold refreshable views (Atomic) they live in it;
+    once refreshed again, and ClickHouse has the next refresh scheduled: within the minute for
+    the contact volume and churn risk, five for the hall views (and their random shift). In a
+    database that may hold refreshable views (Atomic) they live in it;
     in chDB's default database (Overlay, the shared store's) in an Atomic database beside it,
     still filling the tables there."""
     from sinks.ledger_sink import LEDGER_COLUMNS, ledger_row
@@ -594,7 +596,7 @@ def test_the_dashboard_snapshots_hold_their_views_rows_and_follow_the_store(data
     assert len(schedule) == len(SNAPSHOTS)
     for view, status, exception, due_in in schedule:
         assert status in ("Scheduled", "Running") and not exception, (view, status, exception)
-        assert 0 <= due_in <= 70, (view, due_in)
+        assert 0 <= due_in <= (335 if view.startswith("hall_") else 70), (view, due_in)
 
     home = clickhouse.query("SELECT currentDatabase(), engine FROM system.databases "
                             "WHERE name = currentDatabase()").result_rows[0]

@@ -1,13 +1,15 @@
 -- Migration 8: the dashboards' six heaviest views as snapshot tables, which ClickHouse replaces
--- with the view's rows once a minute (refreshable materialized views; RANDOMIZE FOR 10 SECOND
--- moves each refresh up to 5 seconds either way, so that the six do not all start at once), so
--- that a panel reads a few thousand stored rows instead of aggregating the whole span on every
--- load. The views stay what they are, exact at query time, for SQL users; the dashboards
--- (reloaded every minute, the service halls every five) read the snapshots, at most about 65
--- seconds old. A refresh recomputes the whole view (the six took 0.8-1.2 s together on the
--- single-machine stack at 5,000 events/s), so more often would cost the stack's two cores more
--- for nothing a dashboard shows. `SYSTEM REFRESH VIEW <view>` refreshes one at once
--- (sinks.migrations.refresh_snapshots: all of them, waiting for them).
+-- with the view's rows in the background (refreshable materialized views), so that a panel
+-- reads a few thousand stored rows instead of aggregating the whole span on every load. The
+-- views stay what they are, exact at query time, for SQL users. The dashboards read the
+-- snapshots: the contact volume and churn risk (on dashboards reloaded every minute) are
+-- refreshed every minute, the four hall views (the service-halls dashboard, reloaded every five
+-- minutes) every five. RANDOMIZE FOR moves each refresh by up to half its span either way (5
+-- and 30 seconds), so that they do not all start at once. A refresh recomputes the whole view
+-- (the six took 0.8-1.2 s together on the single-machine stack at 5,000 events/s, the hall
+-- views 70% of it), so more often would cost the stack's two cores more for nothing a dashboard
+-- shows. `SYSTEM REFRESH VIEW <view>` refreshes one at once (sinks.migrations.refresh_snapshots:
+-- all of them, waiting for them).
 -- * hall_metrics_monthly: "Halls per month", "Handheld share and on-site resolution", "SMS
 --   satisfaction per month" and two stats;
 -- * hall_metrics_district_monthly: "Districts per month";
@@ -52,7 +54,7 @@ CREATE TABLE IF NOT EXISTS hall_metrics_monthly_snapshot
 ENGINE = MergeTree
 ORDER BY (month_start, hall_id);
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS hall_metrics_monthly_snapshot_refresh REFRESH EVERY 1 MINUTE RANDOMIZE FOR 10 SECOND TO hall_metrics_monthly_snapshot AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS hall_metrics_monthly_snapshot_refresh REFRESH EVERY 5 MINUTE RANDOMIZE FOR 1 MINUTE TO hall_metrics_monthly_snapshot AS
 SELECT * FROM hall_metrics_monthly;
 
 CREATE TABLE IF NOT EXISTS hall_metrics_district_monthly_snapshot
@@ -75,7 +77,7 @@ CREATE TABLE IF NOT EXISTS hall_metrics_district_monthly_snapshot
 ENGINE = MergeTree
 ORDER BY (month_start, district);
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS hall_metrics_district_monthly_snapshot_refresh REFRESH EVERY 1 MINUTE RANDOMIZE FOR 10 SECOND TO hall_metrics_district_monthly_snapshot AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS hall_metrics_district_monthly_snapshot_refresh REFRESH EVERY 5 MINUTE RANDOMIZE FOR 1 MINUTE TO hall_metrics_district_monthly_snapshot AS
 SELECT * FROM hall_metrics_district_monthly;
 
 CREATE TABLE IF NOT EXISTS contact_volume_hourly_snapshot
@@ -130,7 +132,7 @@ CREATE TABLE IF NOT EXISTS hall_satisfaction_monthly_snapshot
 ENGINE = MergeTree
 ORDER BY (month, hall_id);
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS hall_satisfaction_monthly_snapshot_refresh REFRESH EVERY 1 MINUTE RANDOMIZE FOR 10 SECOND TO hall_satisfaction_monthly_snapshot AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS hall_satisfaction_monthly_snapshot_refresh REFRESH EVERY 5 MINUTE RANDOMIZE FOR 1 MINUTE TO hall_satisfaction_monthly_snapshot AS
 SELECT * FROM hall_satisfaction_monthly;
 
 CREATE TABLE IF NOT EXISTS hall_league_monthly_snapshot
@@ -150,5 +152,5 @@ CREATE TABLE IF NOT EXISTS hall_league_monthly_snapshot
 ENGINE = MergeTree
 ORDER BY (month, rank);
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS hall_league_monthly_snapshot_refresh REFRESH EVERY 1 MINUTE RANDOMIZE FOR 10 SECOND TO hall_league_monthly_snapshot AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS hall_league_monthly_snapshot_refresh REFRESH EVERY 5 MINUTE RANDOMIZE FOR 1 MINUTE TO hall_league_monthly_snapshot AS
 SELECT * FROM hall_league_monthly;
