@@ -818,8 +818,8 @@ class Bench:
             "database = currentDatabase() AND partition != 'tuple()' GROUP BY table "
             "ORDER BY table").result_rows
         # the snapshot tables (migration 8) hold what the store holds before the panels run;
-        # ClickHouse goes on refreshing them every 10 s in the background while they run, as
-        # it would under Grafana
+        # ClickHouse goes on refreshing them on their schedule (every minute, the hall views
+        # every five) while they run, as it would under Grafana
         started = time.perf_counter()
         refreshed = refresh_snapshots(self.client)
         refresh_ms = round((time.perf_counter() - started) * 1000, 1)
