@@ -58,6 +58,7 @@ from schemas.codec import DecodeError, WireCodec
 from schemas.container import items_in, object_container
 from schemas.deadletter import deadletter_message
 from schemas.seal import Sealer, is_sealed
+from sinks.ledger_inlets import InletSchema, first_string
 
 log = structlog.get_logger("cxledger.sink")
 
@@ -161,22 +162,38 @@ class AvroInlet:
     """Where a type's sealed messages go undecoded: ``table`` takes them ``FORMAT Avro``
     (ClickHouse decodes them: a Null table whose materialized view writes the rows into
     ``rows_table``). ``rows_in``: the array field whose items are those rows, counted as rows
-    written to ``rows_table``, as the sink's own inserts are."""
+    written to ``rows_table``, as the sink's own inserts are; None: one row a message.
+    ``framing``: the messages of all schema ids go in one container of this schema, each with
+    its position in front (``sinks.ledger_inlets``: the table's view writes it into the row);
+    a schema the table has no branch for is decoded here."""
     table: str
     rows_table: str
-    rows_in: str
+    rows_in: str | None = None
+    framing: InletSchema | None = None
+
+
+# Before the sealed messages of framing inlets are inserted: (client, [(event id, partition,
+# position)], rows already decoded, their sources) -> the indexes of the messages to decode
+# in Python instead (the ledger sink: those whose event id the store or the batch has already).
+# The event id is the record's first field (None: the body does not start with a string).
+RawScreen = Callable[[Client, list[tuple[str | None, int, int]], Rows,
+                      dict[tuple[str, tuple[str, ...]], list[tuple[Message, int]]]], set[int]]
+# A message bound for an inlet: (message, position, its record in the inlet's container, the
+# event id for the raw screen)
+_Raw = tuple[Message, int, bytes, "str | None"]
 
 
 @dataclass
 class _Pending:
     """One batch on its way to the store: rows per table, each with its source message, and
-    the messages that go to an inlet as they are, per (inlet, schema id)."""
+    the messages that go to an inlet as they are, per (inlet, schema id; 0 for a framing
+    inlet, which takes all its schema ids at once)."""
     rows: dict[tuple[str, tuple[str, ...]], list[list[Any]]]
     sources: dict[tuple[str, tuple[str, ...]], list[tuple[Message, int]]]
     dead: list[tuple[Message, int, str]]
     offsets: dict[tuple[str, int], tuple[int, int]]
     token: str
-    raw: dict[tuple[AvroInlet, int], list[tuple[Message, int]]] = field(default_factory=dict)
+    raw: dict[tuple[AvroInlet, int], list[_Raw]] = field(default_factory=dict)
     raw_rows: Counter = field(default_factory=Counter)  # table -> rows the inlets' views wrote
     done: set = field(default_factory=set)  # tables already written
 
@@ -193,7 +210,8 @@ class ClickHouseSink:
                  offset_base: Mapping[tuple[str, int], int] | None = None,
                  screen: Screen | None = None, check: Check | None = None,
                  sealer: Sealer | None = None, metrics: Metrics | None = None,
-                 inlets: Mapping[str, AvroInlet] | None = None):
+                 inlets: Mapping[str, AvroInlet] | None = None,
+                 raw_screen: RawScreen | None = None):
         self.settings = settings
         self.client = client
         self.topics = topics
@@ -218,7 +236,9 @@ class ClickHouseSink:
         self.sealer = sealer  # a message with its valid seal needs no ``check`` (schemas.seal)
         # event type -> the inlet its sealed messages go to undecoded (ClickHouse decodes them)
         self.inlets = dict(inlets or {}) if sealer is not None else {}
-        self._inlet_of_id: dict[int, tuple[AvroInlet, dict[str, Any]] | None] = {}
+        # schema id -> (its inlet, its definition, its branch in the inlet's framing)
+        self._inlet_of_id: dict[int, tuple[AvroInlet, dict[str, Any], int] | None] = {}
+        self.raw_screen = raw_screen
         self.stats = SinkStats()
         self._stop = threading.Event()  # set by ``run``'s caller: give up retrying, commit nothing
         self._subscribed = False
@@ -333,7 +353,7 @@ class ClickHouseSink:
         rows: dict = defaultdict(list)
         sources: dict = defaultdict(list)
         dead: list[tuple[Message, int, str]] = []
-        raw: dict[tuple[AvroInlet, int], list[tuple[Message, int]]] = {}
+        raw: dict[tuple[AvroInlet, int], list[_Raw]] = {}
         offsets: dict[tuple[str, int], tuple[int, int]] = {}
         base = self.offset_base
         for msg in batch:
@@ -347,7 +367,7 @@ class ClickHouseSink:
             if sealed and self.inlets:
                 inlet = self._inlet(msg.value())
                 if inlet is not None:
-                    raw.setdefault(inlet, []).append((msg, position))
+                    raw.setdefault(inlet, []).append(self._raw(inlet[0], msg, position))
                     continue
             self._decode_into(rows, sources, dead, msg, position, sealed)
         # Positions, not offsets: on the local broker offsets start again at 0 after a restart,
@@ -373,6 +393,22 @@ class ClickHouseSink:
             rows[(table, columns)].append(row)
             sources[(table, columns)].append((msg, position))
 
+    def _raw(self, inlet: AvroInlet, msg: Message, position: int) -> _Raw:
+        """A message bound for ``inlet``, with its record as the container holds it (here, in
+        the polling thread: the store thread's time is the engine's)."""
+        value = msg.value()
+        body = value[5:]
+        if inlet.framing is None:
+            return msg, position, body, None
+        schema_id = int.from_bytes(value[1:5], "big")
+        try:
+            event_id = first_string(body) if self.raw_screen is not None else None
+        except (ValueError, IndexError, UnicodeDecodeError):
+            event_id = None
+        return (msg, position, inlet.framing.framed(msg.partition(), position, schema_id,
+                                                    self._inlet_of_id[schema_id][2], body),
+                event_id)
+
     def _inlet(self, value: bytes | None) -> tuple[AvroInlet, int] | None:
         """(inlet, schema id) for a message of a type that has an inlet, else None."""
         if value is None or len(value) < 5 or value[0] != 0:
@@ -384,9 +420,18 @@ class ClickHouseSink:
             except KeyError:
                 event_type, definition = None, {}
             inlet = self.inlets.get(event_type)
-            self._inlet_of_id[schema_id] = None if inlet is None else (inlet, definition)
+            branch = 0
+            if inlet is not None and inlet.framing is not None:
+                branch = inlet.framing.branch(definition)
+                if branch is None:
+                    inlet = None
+            self._inlet_of_id[schema_id] = (None if inlet is None
+                                            else (inlet, definition, branch))
         found = self._inlet_of_id[schema_id]
-        return None if found is None else (found[0], schema_id)
+        if found is None:
+            return None
+        # a framing inlet takes the messages of all its schema ids in one container
+        return found[0], (0 if found[0].framing is not None else schema_id)
 
     def _store(self, pending: _Pending, failed: Exception | None = None) -> bool:
         """Write the batch's rows and dead letters, retrying store faults; False if asked to
@@ -445,6 +490,9 @@ class ClickHouseSink:
                 self.consumer.resume(assignment)
 
     def _write_tables(self, pending: _Pending) -> None:
+        if self.raw_screen is not None and "screened" not in pending.done:
+            self._screen_raw(pending)
+            pending.done.add("screened")
         for key in list(pending.raw):  # first: a batch the store cannot read comes back as rows
             if key not in pending.done:
                 self._insert_raw(pending, *key)
@@ -465,14 +513,44 @@ class ClickHouseSink:
             pending.dead += self._insert_isolating(table, columns, rows, sources, token)
             pending.done.add(key)
 
+    def _screen_raw(self, pending: _Pending) -> None:
+        """Take the messages ``raw_screen`` names out of the framing inlets' groups and decode
+        them into ``pending.rows``, which are then put back in (partition, position) order."""
+        keys = [key for key in pending.raw if key[0].framing is not None]
+        found = [(key, item) for key in keys for item in pending.raw[key]]
+        if not found:
+            return
+        moved = self.raw_screen(self.client, [(event_id, msg.partition(), position)
+                                              for _, (msg, position, _, event_id) in found],
+                                pending.rows, pending.sources)
+        if not moved:
+            return
+        for key in keys:
+            pending.raw[key] = []
+        for index, (key, item) in enumerate(found):
+            if index in moved:
+                self._decode_into(pending.rows, pending.sources, pending.dead, item[0], item[1],
+                                  sealed=True)
+            else:
+                pending.raw[key].append(item)
+        for key in keys:
+            if not pending.raw[key]:
+                del pending.raw[key]
+        for key, rows in pending.rows.items():
+            order = sorted(range(len(rows)), key=lambda i, s=pending.sources[key]:
+                           (s[i][0].partition(), s[i][1]))
+            pending.rows[key] = [rows[i] for i in order]
+            pending.sources[key] = [pending.sources[key][i] for i in order]
+
     def _insert_raw(self, pending: _Pending, inlet: AvroInlet, schema_id: int) -> None:
         """The messages of one inlet and schema id, undecoded, as one Avro object container
         (ClickHouse decodes it). If the store does not take it, for whatever reason, they are
         decoded here into ``pending.rows`` instead, where a bad one becomes a dead letter (and
         a store fault is retried as for any rows)."""
         messages = pending.raw[(inlet, schema_id)]
-        definition = self._inlet_of_id[schema_id][1]
-        bodies = [msg.value()[5:] for msg, _ in messages]
+        definition = (inlet.framing.container if inlet.framing is not None
+                      else self._inlet_of_id[schema_id][1])
+        bodies = [body for _, _, body, _ in messages]
         token = f"{self.name}/{inlet.table}/{pending.token}"
         try:
             self.client.raw_insert(inlet.table, insert_block=object_container(definition, bodies),
@@ -481,12 +559,13 @@ class ClickHouseSink:
             log.warning("the store did not take the messages as Avro; decoding them here",
                         sink=self.name, table=inlet.table, messages=len(messages),
                         error=str(exc).strip()[:300])
-            for msg, position in messages:
+            for msg, position, _, _ in messages:
                 self._decode_into(pending.rows, pending.sources, pending.dead, msg, position,
                                   sealed=True)
             return
-        pending.raw_rows[inlet.rows_table] += sum(items_in(definition, body, inlet.rows_in)
-                                                  for body in bodies)
+        pending.raw_rows[inlet.rows_table] += (
+            len(bodies) if inlet.rows_in is None
+            else sum(items_in(definition, body, inlet.rows_in) for body in bodies))
 
     def _insert_isolating(self, table: str, columns: tuple[str, ...], rows: list[list[Any]],
                           sources: list[tuple[Message, int]],

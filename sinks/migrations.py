@@ -97,6 +97,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "incident_events", ("migrations/0006_incident_events.sql",)),
     Migration(7, "window_partials_inlet", ("migrations/0007_window_partials_inlet.sql",)),
     Migration(8, "dashboard_snapshots", ("migrations/0008_dashboard_snapshots.sql",)),
+    Migration(9, "ledger_inlet", ("migrations/0009_ledger_inlet.sql",)),
 )
 
 # Distributed tables' sharding keys (cluster DDL). Every version of a ReplacingMergeTree row must
@@ -175,8 +176,9 @@ _CREATE_TABLE = re.compile(
     r"^CREATE TABLE IF NOT EXISTS (?P<table>\w+)\s*\((?P<body>.*)\)\s*ENGINE\s*=\s*"
     r"(?P<engine>\w*MergeTree)(?:\((?P<args>[^)]*)\))?(?P<rest>.*)$", re.S)
 # a Null table: an inlet that keeps nothing, for the materialized views over it
+# (its SETTINGS, if any, are the query's: allow_suspicious_variant_types for the ledger inlet)
 _CREATE_INLET = re.compile(r"^CREATE TABLE IF NOT EXISTS (?P<table>\w+)\s*\((?P<body>.*)\)\s*"
-                           r"ENGINE\s*=\s*Null\s*$", re.S)
+                           r"ENGINE\s*=\s*Null(?P<settings>\s+SETTINGS\s+[\w\s=,]+?)?\s*$", re.S)
 _CREATE_VIEW = re.compile(r"^CREATE VIEW IF NOT EXISTS (?P<view>\w+) AS\s+(?P<query>.*)$", re.S)
 _ALTER = re.compile(r"^ALTER TABLE (?P<table>\w+)\s+(?P<rest>.*)$", re.S)
 _CREATE_MV = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (?P<view>\w+) TO (?P<table>\w+)"
@@ -272,7 +274,7 @@ def render_statement(statement: str, target: Target, names: Iterable[str],
     if m := _CREATE_INLET.match(statement):
         # one on every node: whichever node a sink writes to decodes what it is sent
         return [f"CREATE TABLE IF NOT EXISTS {target.name(m['table'])}{on}\n({m['body']})\n"
-                f"ENGINE = Null"]
+                f"ENGINE = Null{m['settings'] or ''}"]
     if m := _ALTER.match(statement):
         # a table's own structure (indexes, TTL) lives on the local tables of a cluster; a new
         # column also on the Distributed table over them, which must show it too

@@ -55,13 +55,17 @@ REVIEWED = {
         "from the rules file, formatted by view_params",
     ("sinks/kafka_sink.py", "_insert_raw"):
         "client.raw_insert(table, container): the messages are sent as data; table is an "
-        "AvroInlet's, one of our table names (sinks.derived_sink.WINDOWS_INLET)",
+        "AvroInlet's, one of our table names (sinks.derived_sink.WINDOWS_INLET, "
+        "sinks.ledger_inlets.INLET_TABLE)",
     ("sinks/kafka_sink.py", "_insert_isolating"):
         "client.insert(table, rows): rows are sent as data; table is one of our table names",
     ("sinks/ledger_sink.py", "keep_first_version"):
         "_stored_versions_query writes event ids into a string literal only when every one "
         "matched the canonical UUID form, and then as base64 of their bytes (letters, digits, "
         "+, / and =: nothing to quote); else they are bound",
+    ("sinks/ledger_sink.py", "_stored_ids"):
+        "the same query as keep_first_version (_stored_versions_query), for the ids of the "
+        "messages bound for the ledger inlet",
     ("sinks/migrations.py", "_scalar"):
         "runs the module's constant queries with parameters bound",
     ("sinks/migrations.py", "applied_migrations"):
