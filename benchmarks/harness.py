@@ -553,9 +553,10 @@ class Bench:
 
     # -- ledger sink ----------------------------------------------------------------------
     def phase_ledger_sink(self) -> None:
-        """ledger_sink_eps: the real ledger sink (``sinks.ledger_sink.ledger_sink``: decode,
-        the ledger check, the first-version screen, insert, commit) reading the pre-filled
-        ledger topic into ledger_events, in this process as ``cxledger up`` runs it
+        """ledger_sink_eps: the real ledger sink (``sinks.ledger_sink.ledger_sink``: the
+        producer sealed every event, so ClickHouse decodes them through the ledger inlet
+        (``sinks.ledger_inlets``); the first-version screen, insert, commit) reading the
+        pre-filled ledger topic into ledger_events, in this process as ``cxledger up`` runs it
         (``ClickHouseSink.run`` on this thread, with its store thread). The clock runs from
         the end of its first written batch (the group join and that batch are reported apart)
         until its positions reach the producer's."""
@@ -600,7 +601,9 @@ class Bench:
             "batch_rows": self.base.sink_batch_rows,
             "join_and_first_batch_s": round(first_at - started, 2),
             "first_batch_events": first_n, "timed_s": round(done - first_at, 2),
-            "deadlettered": sink.stats.deadlettered}
+            "deadlettered": sink.stats.deadlettered,
+            # of the events, those ClickHouse decoded itself (the ledger inlet, migration 9)
+            "via_inlet": sink.stats.via_inlets}
         self.say(f"  ledger sink {eps:,.0f} events/s ({stored:,} rows stored)")
 
     def _reached(self, positions: dict[tuple[str, int], int]) -> bool:
