@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -45,10 +46,42 @@ class BrokerError(RuntimeError):
     pass
 
 
+_LOWEST_PORT = 10_000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_ports_start() -> int:
+    """Where the kernel starts picking local ports for outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49_152  # IANA's dynamic range, which macOS uses
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A port nothing listens on now, for a child process to listen on a moment later.
+
+    It is taken below the ephemeral range: a port from that range (what binding port 0 gives)
+    can become the local port of one of the stack's own outgoing Kafka connections before the
+    child binds it, and the child then exits with "address already in use". Ports already
+    handed out by this process are not handed out again."""
+    top = _ephemeral_ports_start()
+    for _ in range(100 if top - _LOWEST_PORT >= 1_000 else 0):
+        port = random.randrange(_LOWEST_PORT, top)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # no room below the range: let the kernel choose
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    _handed_out.add(port)
+    return port
 
 
 def die_with_parent() -> None:

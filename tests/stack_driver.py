@@ -15,13 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from cxledger.localstack import free_port  # noqa: F401  (the stack tests import it from here)
+
 READY = 240  # seconds for a stack to come up on a loaded 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_free(port: int) -> bool:

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import pytest
 
+from cxledger.localstack import free_port
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -228,12 +230,6 @@ class Served:
     port: int
     expected: dict
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_python(script: str, *args, timeout: float = 120) -> str:
