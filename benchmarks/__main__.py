@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 5000)")
     parser.add_argument("--freshness-workers", type=int, help="faust workers of the stack "
                         "freshness runs on (`cxledger up --workers N`; default 1)")
+    parser.add_argument("--freshness-warmup", type=float, help="seconds of traffic before "
+                        "the probes start, at each rate (default 5; 3 with --quick)")
     parser.add_argument("--freshness-floor-seconds", type=float, help="seconds of 1,000 "
                         "events/s first, for the latency without a backlog (default 20; 10 "
                         "with --quick; 0: none)")
@@ -61,6 +63,9 @@ def run(args: argparse.Namespace, command: str) -> int:
     if args.freshness_workers is not None and args.freshness_workers < 1:
         print("--freshness-workers must be at least 1", file=sys.stderr)
         return 2
+    if args.freshness_warmup is not None and args.freshness_warmup < 0:
+        print("--freshness-warmup must be 0 or more", file=sys.stderr)
+        return 2
     if args.events is not None and args.events < 1:
         print("--events must be at least 1", file=sys.stderr)
         return 2
@@ -68,6 +73,7 @@ def run(args: argparse.Namespace, command: str) -> int:
                            freshness_seconds=args.freshness_seconds,
                            freshness_rate=args.freshness_rate,
                            freshness_workers=args.freshness_workers,
+                           freshness_warmup=args.freshness_warmup,
                            freshness_floor_seconds=args.freshness_floor_seconds,
                            dashboard_runs=args.dashboard_runs,
                            profile=Path(args.profile).resolve() if args.profile else None,

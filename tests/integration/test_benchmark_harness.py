@@ -1,7 +1,7 @@
 """The benchmark harness runs on a tiny input and emits every key (benchmarks are not tests:
 no figure is checked here, only that each is measured).
 
-    .venv/bin/pytest -q benchmarks/test_harness.py      # about 1.5 minutes on 2 cores
+    .venv/bin/pytest -q tests/integration/test_benchmark_harness.py      # about 1.5 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 KEYS = ("producer_eps", "ledger_sink_eps", "processor_eps_per_worker",
         "processor_eps_two_workers", "faust_ceiling_eps", "peer_librdkafka_eps",
@@ -27,8 +27,8 @@ LIMITS = ("kafka_produce_eps", "kafka_consume_eps", "avro_encode_eps", "avro_dec
 def test_a_tiny_run_emits_every_key(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--events", "2000", "--freshness-seconds", "3",
-         "--freshness-rate", "500", "--freshness-floor-seconds", "2", "--dashboard-runs", "1",
-         "--no-save"],
+         "--freshness-rate", "500", "--freshness-warmup", "1", "--freshness-floor-seconds", "2",
+         "--dashboard-runs", "1", "--no-save"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(done.stdout)  # stdout is the document and nothing else
