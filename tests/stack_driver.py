@@ -4,6 +4,8 @@ the stack's directory."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -141,6 +143,15 @@ DERIVED = ["satisfaction_scores", "satisfaction_window_partials", "complaint_sla
            "complaint_state", "churn_risk_changes", "tier_proposals", "tier_changes"]
 
 
-def table_rows(cwd: Path, env: dict, store: Path, table: str) -> list[str]:
-    return csv_rows(cli("sql", "--store", str(store), "--format", "csv",
-                        f"SELECT * FROM {table} FINAL ORDER BY ALL", cwd=cwd, env=env))
+def final_rows(cwd: Path, env: dict, store: Path, tables=tuple(DERIVED)) -> dict[str, list[str]]:
+    """Each table's rows (read FINAL), every row as one CSV line, sorted: one ``cxledger
+    sql`` for all the tables (each run starts Python and the engine, about a second)."""
+    union = " UNION ALL ".join(f"SELECT '{t}' AS t, formatRow('CSV', *) AS r FROM {t} FINAL"
+                               for t in tables)
+    result = cli("sql", "--store", str(store), "--format", "csv",
+                 f"SELECT t, r FROM ({union}) ORDER BY t, r", cwd=cwd, env=env)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
+    rows: dict[str, list[str]] = {t: [] for t in tables}
+    for table, row in list(csv.reader(io.StringIO(result.stdout)))[1:]:
+        rows[table].append(row)
+    return rows

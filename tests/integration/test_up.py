@@ -19,8 +19,8 @@ import pytest
 
 from producers.simulator import simulate
 from tests.integration.test_query_endpoint import javascript_client
-from tests.stack_driver import (DERIVED, READY, Up, clean_env, cli, csv_rows, descendants,
-                                free_port, port_free, read_record, table_rows, wait_gone,
+from tests.stack_driver import (DERIVED, READY, Up, clean_env, cli, csv_rows, final_rows,
+                                descendants, free_port, port_free, read_record, wait_gone,
                                 write_jsonl)
 
 pytestmark = pytest.mark.integration
@@ -284,10 +284,10 @@ def test_ctrl_c_then_up_again_continues_as_if_never_stopped(tmp_path):
         assert wait_gone(children) == [], "Ctrl-C left processes behind"
     store = work / ".cxledger" / "store"
     assert "restored: 2,000 ledger events" in up.output()
+    expected, got = final_rows(tmp_path, env, reference), final_rows(tmp_path, env, store)
     for table in DERIVED:
-        expected = table_rows(tmp_path, env, reference, table)
-        assert expected, table
-        assert table_rows(tmp_path, env, store, table) == expected, table
+        assert expected[table], table
+        assert got[table] == expected[table], table
     ledger = "SELECT event_id, kafka_partition, kafka_offset FROM ledger ORDER BY ALL"
     assert (csv_rows(cli("sql", "--store", str(store), "--format", "csv", ledger, cwd=tmp_path,
                          env=env))

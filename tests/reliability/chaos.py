@@ -24,8 +24,8 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 
 from cxledger.pipeline import is_worker_command
-from tests.stack_driver import (DERIVED, Up, clean_env, cli, csv_rows, descendants, free_port,
-                                table_rows, wait_gone, write_jsonl)
+from tests.stack_driver import (DERIVED, Up, clean_env, cli, csv_rows, final_rows, descendants,
+                                free_port, wait_gone, write_jsonl)
 
 
 def cmdline(pid: int) -> str:
@@ -191,8 +191,8 @@ def run_chaos(work: Path, events: list[dict], *, seed: int, kills: int = 5,
     physical = int(csv_rows(cli("sql", "--store", str(store), "--format", "csv",
                                 "SELECT count() FROM ledger_events", cwd=work, env=env))[0])
     sent = {e["event_id"] for e in events}
-    tables = {t: table_rows(work, env, store, t) == table_rows(work, env, reference, t)
-              for t in DERIVED}
+    got, expected = final_rows(work, env, store), final_rows(work, env, reference)
+    tables = {t: got[t] == expected[t] for t in DERIVED}
     return {
         "kills": len(done), "kill_log": done, "sent": len(sent), "written": len(set(ids)),
         "missing": len(sent - set(ids)), "duplicates": len(ids) - len(set(ids)),

@@ -477,7 +477,7 @@ def test_live_traffic_includes_the_service_halls():
     """Live mode has the hall side too: visits completing now (at the last month's handheld
     share, 30%), feedback, supervisors' shifts and spot checks; every event validates."""
     start = 1_741_075_200.0
-    events = list(simulate_live(500, 600, seed=7, now=lambda: start))
+    events = list(simulate_live(500, 60, seed=7, now=lambda: start))
     kinds = Counter(e["event_type"] for e in events)
     visits = [e for e in events if e["event_type"] == "hall.visit_completed"]
     assert 0.02 < len(visits) / len(events) < 0.10
