@@ -50,10 +50,12 @@ def read_topic(settings, topic: str, expected: int, timeout: float = 20.0) -> li
         consumer.close()
 
 
-def read_until_idle(settings, topics, idle: float = 2.0, timeout: float = 60.0) -> list:
+def read_until_idle(settings, topics, idle: float = 2.0, first: float = 15.0,
+                    timeout: float = 60.0) -> list:
     """Every message of ``topics`` once their writers have stopped: one reader by partition
-    assignment, until nothing new has come for ``idle`` seconds (the local broker's end
-    offsets cannot be trusted, see the README's known limits)."""
+    assignment, until nothing new has come for ``idle`` seconds after the first messages
+    (``first`` seconds for those: the assignment and the first fetch). The local broker's end
+    offsets cannot be trusted (see the README's known limits)."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(settings.kafka_conf(**{"group.id": "test-reader",
@@ -63,12 +65,12 @@ def read_until_idle(settings, topics, idle: float = 2.0, timeout: float = 60.0) 
         consumer.assign([TopicPartition(t, p, 0) for t in topics for p in meta[t].partitions])
         got: list = []
         deadline = time.monotonic() + timeout
-        last = time.monotonic()
-        while time.monotonic() < deadline and time.monotonic() - last < idle:
+        last, wait = time.monotonic(), first
+        while time.monotonic() < deadline and time.monotonic() - last < wait:
             batch = [m for m in consumer.consume(500, timeout=0.2) if m.error() is None]
             if batch:
                 got += batch
-                last = time.monotonic()
+                last, wait = time.monotonic(), idle
         return got
     finally:
         consumer.close()
