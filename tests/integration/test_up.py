@@ -19,8 +19,8 @@ import pytest
 
 from producers.simulator import simulate
 from tests.integration.test_query_endpoint import javascript_client
-from tests.stack_driver import (DERIVED, READY, Up, clean_env, cli, csv_rows, final_rows,
-                                descendants, free_port, port_free, read_record, wait_gone,
+from tests.stack_driver import (DERIVED, READY, Up, clean_env, cli, csv_rows, descendants,
+                                final_rows, free_port, port_free, read_record, wait_gone,
                                 write_jsonl)
 
 pytestmark = pytest.mark.integration

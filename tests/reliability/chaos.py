@@ -24,7 +24,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 
 from cxledger.pipeline import is_worker_command
-from tests.stack_driver import (DERIVED, Up, clean_env, cli, csv_rows, final_rows, descendants,
+from tests.stack_driver import (DERIVED, Up, clean_env, cli, csv_rows, descendants, final_rows,
                                 free_port, wait_gone, write_jsonl)
 
 
